@@ -1,0 +1,521 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"mime"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// server holds what the HTTP handlers need.
+type server struct {
+	st             *store
+	fleet          *fleet
+	m              *metrics
+	log            *slog.Logger
+	now            func() time.Time
+	mode           string // plain, tls or mtls
+	bootstrapToken string // empty: no token required
+	retention      time.Duration
+	exec           *executor
+	routes         []*route
+}
+
+type serverOptions struct {
+	now            func() time.Time
+	mode           string
+	bootstrapToken string
+	retention      time.Duration
+}
+
+// newServer builds the server over an opened store and initialises the
+// metrics that are derived from the database.
+func newServer(ctx context.Context, st *store, m *metrics, log *slog.Logger, o serverOptions) (*server, error) {
+	s := &server{
+		st: st, fleet: st.fleet, m: m, log: log, now: o.now, mode: o.mode,
+		bootstrapToken: o.bootstrapToken, retention: o.retention,
+	}
+	m.fleet = st.fleet
+	n, err := st.countActiveRollouts(ctx, st.ro)
+	if err != nil {
+		return nil, fmt.Errorf("count active rollouts: %w", err)
+	}
+	m.rolloutsActive.Store(n)
+	s.exec = newExecutor(st, m, log, o.now)
+	st.onWatchedReport = s.exec.wake
+	s.routes = s.routeTable()
+	return s, nil
+}
+
+// access is who may call a route.
+type access int
+
+const (
+	public     access = iota // no authentication
+	agent                    // the machine itself (CN check in mTLS mode)
+	anyRole                  // any valid API key
+	deployRole               // deploy or admin key
+	adminRole                // admin key
+)
+
+// route is one entry of the route table.
+type route struct {
+	method  string
+	pattern string   // as written in the spec's route table; also the metrics path label
+	segs    []string // pattern split on "/"; "{name}" segments are wildcards
+	access  access
+	handle  func(w http.ResponseWriter, r *http.Request, p *principal) error
+}
+
+// routeTable lists every route (SPEC §4.1), in one place.
+func (s *server) routeTable() []*route {
+	rs := []*route{
+		{method: "GET", pattern: "/health", access: public, handle: s.health},
+		{method: "GET", pattern: "/metrics", access: public, handle: s.metricsPage},
+		{method: "POST", pattern: "/api/v1/keys/bootstrap", access: public, handle: s.bootstrap},
+		{method: "GET", pattern: "/api/v1/machines/{id}/desired-generation", access: agent, handle: s.desiredGeneration},
+		{method: "POST", pattern: "/api/v1/machines/{id}/report", access: agent, handle: s.report},
+		{method: "GET", pattern: "/api/v1/machines", access: anyRole, handle: s.listMachines},
+		{method: "POST", pattern: "/api/v1/machines/{id}/register", access: adminRole, handle: s.register},
+		{method: "PATCH", pattern: "/api/v1/machines/{id}/lifecycle", access: adminRole, handle: s.patchLifecycle},
+		{method: "PUT", pattern: "/api/v1/machines/{id}/tags", access: adminRole, handle: s.putTags},
+		{method: "DELETE", pattern: "/api/v1/machines/{id}/desired-generation", access: adminRole, handle: s.clearDesired},
+		{method: "POST", pattern: "/api/v1/machines/{id}/notify-deploy", access: deployRole, handle: s.notifyDeploy},
+		{method: "POST", pattern: "/api/v1/releases", access: deployRole, handle: s.createRelease},
+		{method: "GET", pattern: "/api/v1/releases", access: anyRole, handle: s.listReleases},
+		{method: "GET", pattern: "/api/v1/releases/{id}", access: anyRole, handle: s.getRelease},
+		{method: "DELETE", pattern: "/api/v1/releases/{id}", access: adminRole, handle: s.deleteRelease},
+		{method: "GET", pattern: "/api/v1/releases/{id}/diff/{other_id}", access: anyRole, handle: s.diffReleases},
+		{method: "POST", pattern: "/api/v1/rollouts", access: deployRole, handle: s.createRollout},
+		{method: "GET", pattern: "/api/v1/rollouts", access: anyRole, handle: s.listRollouts},
+		{method: "GET", pattern: "/api/v1/rollouts/{id}", access: anyRole, handle: s.getRollout},
+		{method: "DELETE", pattern: "/api/v1/rollouts/{id}", access: adminRole, handle: s.deleteRollout},
+		{method: "POST", pattern: "/api/v1/rollouts/{id}/pause", access: deployRole, handle: s.pauseRollout},
+		{method: "POST", pattern: "/api/v1/rollouts/{id}/resume", access: deployRole, handle: s.resumeRollout},
+		{method: "POST", pattern: "/api/v1/rollouts/{id}/cancel", access: deployRole, handle: s.cancelRollout},
+		{method: "GET", pattern: "/api/v1/audit", access: anyRole, handle: s.listAudit},
+		{method: "GET", pattern: "/api/v1/audit/export", access: anyRole, handle: s.exportAudit},
+		{method: "POST", pattern: "/api/v1/keys", access: adminRole, handle: s.createKey},
+		{method: "GET", pattern: "/api/v1/keys", access: adminRole, handle: s.listKeys},
+		{method: "DELETE", pattern: "/api/v1/keys/{id}", access: adminRole, handle: s.revokeKey},
+	}
+	for _, rt := range rs {
+		rt.segs = strings.Split(rt.pattern, "/")
+	}
+	return rs
+}
+
+// matchPath reports whether the request path segments match the route's
+// pattern and returns the decoded wildcard values.
+func (rt *route) matchPath(segs []string) (map[string]string, bool) {
+	if len(segs) != len(rt.segs) {
+		return nil, false
+	}
+	var params map[string]string
+	for i, p := range rt.segs {
+		if strings.HasPrefix(p, "{") {
+			v, err := url.PathUnescape(segs[i])
+			if err != nil || v == "" {
+				return nil, false
+			}
+			if params == nil {
+				params = map[string]string{}
+			}
+			params[p[1:len(p)-1]] = v
+		} else if segs[i] != p {
+			return nil, false
+		}
+	}
+	return params, true
+}
+
+// handler returns the root HTTP handler: routing, authentication, metrics,
+// request logging and panic recovery around every route.
+func (s *server) handler() http.Handler { return http.HandlerFunc(s.serveHTTP) }
+
+// statusRecorder remembers the status code written through it.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusRecorder) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusRecorder) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the connection (the CSV export
+// lifts its write deadline through it).
+func (w *statusRecorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+var knownMethods = []string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+
+func (s *server) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	rec := &statusRecorder{ResponseWriter: w}
+	label := "unmatched"
+	defer func() {
+		if v := recover(); v != nil {
+			if v == http.ErrAbortHandler {
+				panic(v)
+			}
+			s.log.Error("internal error", "method", r.Method, "path", r.URL.Path, "err", fmt.Sprintf("panic: %v", v))
+			if rec.status == 0 {
+				writeJSONError(rec, http.StatusInternalServerError, "internal error")
+			}
+		}
+		status := rec.status
+		if status == 0 {
+			status = http.StatusOK
+		}
+		if r.URL.Path != "/health" && r.URL.Path != "/metrics" {
+			method := r.Method
+			if !slices.Contains(knownMethods, method) {
+				method = "OTHER"
+			}
+			s.m.httpRequests.inc(method, label, strconv.Itoa(status))
+			s.m.httpDuration.observe(time.Since(start).Seconds(), method, label)
+		}
+		s.log.Debug("request", "method", r.Method, "path", r.URL.Path, "status", status, "duration", time.Since(start))
+	}()
+
+	segs := strings.Split(r.URL.EscapedPath(), "/")
+	var matched *route
+	var params map[string]string
+	var allow []string
+	needsKey := false
+	for _, rt := range s.routes {
+		p, ok := rt.matchPath(segs)
+		if !ok {
+			continue
+		}
+		if rt.method == r.Method || rt.method == "GET" && r.Method == "HEAD" {
+			matched, params = rt, p
+			break
+		}
+		allow = append(allow, rt.method)
+		if rt.method == "GET" {
+			allow = append(allow, "HEAD")
+		}
+		needsKey = needsKey || rt.access >= anyRole
+	}
+	if matched == nil {
+		if len(allow) == 0 {
+			writeJSONError(rec, http.StatusNotFound, "not found")
+			return
+		}
+		// A known path with the wrong method: admin paths authenticate first,
+		// so that anonymous callers learn nothing but 401 (compat).
+		if needsKey {
+			if _, err := s.authenticate(r); err != nil {
+				s.writeError(rec, r, err)
+				return
+			}
+		}
+		slices.Sort(allow)
+		rec.Header().Set("Allow", strings.Join(slices.Compact(allow), ", "))
+		writeJSONError(rec, http.StatusMethodNotAllowed, "method not allowed")
+		return
+	}
+	label = matched.pattern
+	for k, v := range params {
+		r.SetPathValue(k, v)
+	}
+	p, err := s.authorize(r, matched)
+	if err == nil {
+		err = matched.handle(rec, r, p)
+	}
+	if err != nil {
+		s.writeError(rec, r, err)
+	}
+}
+
+// apiError is an error with the HTTP status and message to send.
+type apiError struct {
+	status int
+	msg    string
+}
+
+func (e *apiError) Error() string { return e.msg }
+
+func apiErr(status int, format string, args ...any) error {
+	return &apiError{status: status, msg: fmt.Sprintf(format, args...)}
+}
+
+func badRequest(format string, args ...any) error {
+	return apiErr(http.StatusBadRequest, format, args...)
+}
+func notFound(format string, args ...any) error { return apiErr(http.StatusNotFound, format, args...) }
+func conflict(format string, args ...any) error { return apiErr(http.StatusConflict, format, args...) }
+func forbidden(format string, args ...any) error {
+	return apiErr(http.StatusForbidden, format, args...)
+}
+
+// errBusy is returned when another process holds the database write lock for
+// longer than the busy timeout.
+var errBusy = &apiError{status: http.StatusServiceUnavailable, msg: "database is busy, retry later"}
+
+// writeError maps err to a status and a JSON body, in one place. Anything
+// that is not an *apiError is an internal error: logged with its text, and
+// answered with a fixed message that leaks nothing.
+func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	var ae *apiError
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &ae):
+	case errors.As(err, &mbe):
+		ae = &apiError{status: http.StatusRequestEntityTooLarge, msg: "request body too large"}
+	case isBusy(err):
+		s.log.Warn("database busy", "method", r.Method, "path", r.URL.Path, "err", err)
+		ae = errBusy
+	default:
+		s.log.Error("internal error", "method", r.Method, "path", r.URL.Path, "err", err)
+		ae = &apiError{status: http.StatusInternalServerError, msg: "internal error"}
+	}
+	switch ae.status {
+	case http.StatusUnauthorized:
+		w.Header().Set("WWW-Authenticate", `Bearer realm="nixfleet"`)
+	case http.StatusServiceUnavailable:
+		w.Header().Set("Retry-After", "1")
+	}
+	writeJSONError(w, ae.status, ae.msg)
+}
+
+func writeJSONError(w http.ResponseWriter, status int, msg string) {
+	b, _ := json.Marshal(struct {
+		Error string `json:"error"`
+	}{msg})
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	w.Write(append(b, '\n'))
+}
+
+// writeJSON writes v as a compact JSON response.
+func writeJSON(w http.ResponseWriter, status int, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode response: %w", err)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)+1))
+	w.WriteHeader(status)
+	w.Write(append(b, '\n'))
+	return nil
+}
+
+// Request body limits (§2.3).
+const (
+	maxBody        = 1 << 20  // every route that reads a body
+	maxReleaseBody = 32 << 20 // POST /api/v1/releases: a fleet of 100,000 hosts
+)
+
+// validator is implemented by request types; decode calls it after decoding.
+type validator interface{ validate() error }
+
+// decode reads a JSON request body into dst in the order of §2.4 and §2.6:
+// content type (415), size (413), JSON (400), then dst.validate (400). With
+// emptyOK, a body of zero bytes is accepted as {} without a content-type check.
+func decode(w http.ResponseWriter, r *http.Request, limit int64, emptyOK bool, dst validator) error {
+	body := r.Body
+	if emptyOK {
+		if r.ContentLength == 0 {
+			return dst.validate()
+		}
+		if r.ContentLength < 0 {
+			var first [1]byte
+			n, err := io.ReadFull(body, first[:])
+			if n == 0 {
+				if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
+					return fmt.Errorf("read body: %w", err)
+				}
+				return dst.validate()
+			}
+			body = struct {
+				io.Reader
+				io.Closer
+			}{io.MultiReader(bytes.NewReader(first[:]), r.Body), r.Body}
+		}
+	}
+	if ct := r.Header.Get("Content-Type"); ct != "" && !isJSONContentType(ct) {
+		return apiErr(http.StatusUnsupportedMediaType, "Content-Type must be application/json")
+	}
+	if r.ContentLength > limit {
+		return &http.MaxBytesError{Limit: limit}
+	}
+	size := int64(512)
+	if r.ContentLength > 0 {
+		size = r.ContentLength + 1
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, size))
+	if _, err := buf.ReadFrom(http.MaxBytesReader(w, body, limit)); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return err
+		}
+		return badRequest("invalid JSON body: %v", err)
+	}
+	if err := unmarshalObject(buf.Bytes(), dst); err != nil {
+		return err
+	}
+	return dst.validate()
+}
+
+// unmarshalObject decodes exactly one JSON object in valid UTF-8 into dst.
+// Unknown keys are ignored, null means absent, and the last of duplicate
+// keys wins (all three for compatibility with existing clients).
+func unmarshalObject(b []byte, dst any) error {
+	if !utf8.Valid(b) {
+		return badRequest("invalid JSON body: not valid UTF-8")
+	}
+	trimmed := bytes.TrimLeft(b, " \t\r\n")
+	if len(trimmed) == 0 {
+		return badRequest("invalid JSON body: empty body")
+	}
+	if trimmed[0] != '{' {
+		if !json.Valid(trimmed) {
+			var v any
+			return badRequest("invalid JSON body: %s", jsonErrText(json.Unmarshal(trimmed, &v)))
+		}
+		return badRequest("invalid JSON body: expected a JSON object")
+	}
+	if err := json.Unmarshal(b, dst); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			field := te.Field
+			if field == "" {
+				field = "body"
+			}
+			return badRequest("%s: wrong type: got %s, want %s", field, te.Value, jsonKind(te.Type.String()))
+		}
+		return badRequest("invalid JSON body: %s", jsonErrText(err))
+	}
+	return nil
+}
+
+func jsonErrText(err error) string {
+	if err == nil {
+		return "invalid JSON"
+	}
+	return strings.TrimPrefix(err.Error(), "json: ")
+}
+
+// jsonKind names a Go type the way a JSON client thinks of it.
+func jsonKind(goType string) string {
+	goType = strings.TrimLeft(goType, "*")
+	switch {
+	case goType == "string":
+		return "string"
+	case goType == "bool":
+		return "boolean"
+	case strings.HasPrefix(goType, "int") || strings.HasPrefix(goType, "uint"):
+		return "integer"
+	case strings.HasPrefix(goType, "float"):
+		return "number"
+	case strings.HasPrefix(goType, "[]"):
+		return "array"
+	default:
+		return "object"
+	}
+}
+
+// isJSONContentType accepts application/json and application/<x>+json,
+// case-insensitively, ignoring parameters such as charset.
+func isJSONContentType(ct string) bool {
+	mt, _, err := mime.ParseMediaType(ct)
+	if err != nil {
+		return false
+	}
+	return mt == "application/json" || strings.HasPrefix(mt, "application/") && strings.HasSuffix(mt, "+json")
+}
+
+// timeLayout renders every output timestamp: UTC, exactly three fractional digits.
+const timeLayout = "2006-01-02T15:04:05.000Z"
+
+// fmtTime renders Unix milliseconds as an output timestamp.
+func fmtTime(ms int64) string { return time.UnixMilli(ms).UTC().Format(timeLayout) }
+
+// fmtTimePtr renders a nullable timestamp.
+func fmtTimePtr(ms *int64) *string {
+	if ms == nil {
+		return nil
+	}
+	return str(fmtTime(*ms))
+}
+
+// parseTime parses an input RFC 3339 timestamp into Unix milliseconds.
+func parseTime(s string) (int64, error) {
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return 0, errors.New("not an RFC 3339 timestamp")
+	}
+	return t.UnixMilli(), nil
+}
+
+// queryLimit parses the limit parameter (§2.4): absent gives def, a value
+// above max is clamped, anything but a base-10 integer >= 1 is an error.
+func queryLimit(q url.Values, def, max int) (int, error) {
+	v, ok := q["limit"]
+	if !ok {
+		return def, nil
+	}
+	if !isDigits(v[0]) {
+		return 0, badRequest("limit: must be an integer of at least 1")
+	}
+	n, err := strconv.ParseInt(v[0], 10, 64)
+	if err != nil { // all digits, so only out of range: larger than any maximum
+		n = math.MaxInt64
+	}
+	if n < 1 {
+		return 0, badRequest("limit: must be an integer of at least 1")
+	}
+	if max > 0 && n > int64(max) {
+		return max, nil
+	}
+	return int(n), nil
+}
+
+func isDigits(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// health answers the liveness probe; it does no database work.
+func (s *server) health(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Write([]byte("ok"))
+	return nil
+}
+
+// metricsPage serves the Prometheus exposition from memory.
+func (s *server) metricsPage(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+	return s.m.writeTo(w)
+}

@@ -1,0 +1,288 @@
+package main
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/asn1"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+)
+
+// loadTLSConfig builds the server TLS configuration from the PEM files. Every
+// error names the file at fault. With caFile set, every connection must
+// present a client certificate that chains to one of its certificates (mTLS).
+func loadTLSConfig(certFile, keyFile, caFile string) (*tls.Config, error) {
+	certPEM, err := os.ReadFile(certFile)
+	if err != nil {
+		return nil, fmt.Errorf("read TLS certificate %s: %w", certFile, err)
+	}
+	var chain [][]byte
+	for rest := certPEM; ; {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			continue
+		}
+		if _, err := x509.ParseCertificate(b.Bytes); err != nil {
+			return nil, fmt.Errorf("TLS certificate %s: %w", certFile, err)
+		}
+		chain = append(chain, b.Bytes)
+	}
+	if len(chain) == 0 {
+		return nil, fmt.Errorf("TLS certificate %s: no PEM certificate found", certFile)
+	}
+	keyPEM, err := os.ReadFile(keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("read TLS key %s: %w", keyFile, err)
+	}
+	var keyBlock *pem.Block
+	for rest := keyPEM; ; {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		if strings.HasSuffix(b.Type, "PRIVATE KEY") {
+			keyBlock = b
+			break
+		}
+	}
+	if keyBlock == nil {
+		return nil, fmt.Errorf("TLS key %s: no PEM private key found", keyFile)
+	}
+	certOnly := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: chain[0]})
+	for _, c := range chain[1:] {
+		certOnly = append(certOnly, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c})...)
+	}
+	pair, err := tls.X509KeyPair(certOnly, pem.EncodeToMemory(keyBlock))
+	if err != nil {
+		if strings.Contains(err.Error(), "does not match") {
+			return nil, fmt.Errorf("TLS key %s does not match certificate %s", keyFile, certFile)
+		}
+		return nil, fmt.Errorf("TLS key %s: %w", keyFile, err)
+	}
+	cfg := &tls.Config{
+		Certificates: []tls.Certificate{pair},
+		// TLS 1.2 is the oldest version without known protocol weaknesses; 1.3 is on.
+		MinVersion: tls.VersionTLS12,
+		// HTTP/2 is not offered: the agents speak HTTP/1.1 and one protocol
+		// keeps the server's timeouts and limits simple to reason about.
+		NextProtos: []string{"http/1.1"},
+		ClientAuth: tls.NoClientCert,
+	}
+	if caFile != "" {
+		caPEM, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("read client CA %s: %w", caFile, err)
+		}
+		pool := x509.NewCertPool()
+		n := 0
+		for rest := caPEM; ; {
+			var b *pem.Block
+			b, rest = pem.Decode(rest)
+			if b == nil {
+				break
+			}
+			if b.Type != "CERTIFICATE" {
+				continue
+			}
+			c, err := x509.ParseCertificate(b.Bytes)
+			if err != nil {
+				return nil, fmt.Errorf("client CA %s: %w", caFile, err)
+			}
+			pool.AddCert(c)
+			n++
+		}
+		if n == 0 {
+			return nil, fmt.Errorf("client CA %s: no PEM certificate found", caFile)
+		}
+		cfg.ClientCAs = pool
+		// The handshake fails without a certificate that chains to the bundle,
+		// so no HTTP request, not even /health, reaches an unauthenticated peer.
+		// Go checks that a leaf carrying an extended key usage allows client
+		// authentication; a leaf without the extension is accepted.
+		cfg.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return cfg, nil
+}
+
+var oidCommonName = asn1.ObjectIdentifier{2, 5, 4, 3}
+
+// peerCN returns the CommonName of the verified client certificate. ok is
+// false when the connection carries no verified certificate (plain and TLS
+// modes). A subject with zero or several CommonNames yields cn == "" and
+// ok == true, which matches no machine id.
+func peerCN(r *http.Request) (cn string, ok bool) {
+	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 || len(r.TLS.PeerCertificates) == 0 {
+		return "", false
+	}
+	leaf := r.TLS.PeerCertificates[0]
+	var cns []string
+	for _, atv := range leaf.Subject.Names {
+		if atv.Type.Equal(oidCommonName) {
+			if s, isStr := atv.Value.(string); isStr {
+				cns = append(cns, s)
+			} else {
+				cns = append(cns, "", "") // not a string: never matches
+			}
+		}
+	}
+	if len(cns) != 1 {
+		return "", true
+	}
+	return cns[0], true
+}
+
+// principal is the authenticated caller of an admin route.
+type principal struct {
+	actor string // apikey:<name>
+	role  string
+	keyID int64
+}
+
+// authFailure logs and counts a refused authentication or authorisation and
+// returns the error to send. Failures are never audited: anonymous callers
+// must not be able to grow the append-only log.
+func (s *server) authFailure(r *http.Request, status int, reason, msg string) error {
+	s.log.Warn("authentication failed", "reason", reason, "remote", r.RemoteAddr, "method", r.Method, "path", r.URL.Path)
+	s.m.authFailures.inc(reason)
+	return &apiError{status: status, msg: msg}
+}
+
+// authorize applies the authentication and role check of the route (§3.4),
+// returning the caller of an admin route.
+func (s *server) authorize(r *http.Request, rt *route) (*principal, error) {
+	switch rt.access {
+	case public:
+		return nil, nil
+	case agent:
+		// §3.5: with a verified client certificate, its single CN must be the
+		// machine id of the path, byte for byte.
+		if cn, ok := peerCN(r); ok && cn != r.PathValue("id") {
+			return nil, s.authFailure(r, http.StatusForbidden, "cn_mismatch", "client certificate CN does not match machine id")
+		}
+		return nil, nil
+	}
+	p, err := s.authenticate(r)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case rt.access == adminRole && p.role != "admin":
+		return nil, s.authFailure(r, http.StatusForbidden, "forbidden", "admin role required")
+	case rt.access == deployRole && p.role != "deploy" && p.role != "admin":
+		return nil, s.authFailure(r, http.StatusForbidden, "forbidden", "deploy or admin role required")
+	}
+	return p, nil
+}
+
+// authenticate checks the Bearer API key of the request against the
+// database (§3.2). Every call hashes the token and looks it up, so keys added
+// or revoked by any means take effect on the next request.
+func (s *server) authenticate(r *http.Request) (*principal, error) {
+	h, present := r.Header["Authorization"]
+	if !present {
+		return nil, s.authFailure(r, http.StatusUnauthorized, "missing", "missing API key")
+	}
+	token, ok := strings.CutPrefix(h[0], "Bearer ")
+	if !ok || token == "" {
+		return nil, s.authFailure(r, http.StatusUnauthorized, "invalid", "invalid Authorization header")
+	}
+	k, err := s.st.keyByHash(r.Context(), hashKey(token))
+	if errors.Is(err, errNoRows) {
+		return nil, s.authFailure(r, http.StatusUnauthorized, "invalid", "invalid API key")
+	}
+	if err != nil {
+		return nil, err
+	}
+	now := s.now().UnixMilli()
+	if k.RevokedAt != nil {
+		return nil, s.authFailure(r, http.StatusUnauthorized, "revoked", "API key revoked")
+	}
+	if k.ExpiresAt != nil && *k.ExpiresAt <= now {
+		return nil, s.authFailure(r, http.StatusUnauthorized, "expired", "API key expired")
+	}
+	if k.LastUsedAt == nil || now-*k.LastUsedAt > 60_000 {
+		// Best effort, in its own transaction: a failure only costs accuracy.
+		if err := s.st.touchKey(r.Context(), k.ID); err != nil {
+			s.log.Warn("update key last_used_at", "err", err)
+		}
+	}
+	return &principal{actor: "apikey:" + k.Name, role: k.Role, keyID: k.ID}, nil
+}
+
+// newKeyToken returns a fresh API key: "nfk-" and 64 lowercase hex digits.
+func newKeyToken() string {
+	var b [32]byte
+	rand.Read(b[:]) // never fails (crypto/rand panics if the OS source breaks)
+	return "nfk-" + hex.EncodeToString(b[:])
+}
+
+// hashKey is how tokens are stored and looked up: lowercase hex SHA-256 of
+// the whole token, prefix included.
+func hashKey(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:])
+}
+
+// bootstrapRequest is the optional body of POST /api/v1/keys/bootstrap.
+type bootstrapRequest struct {
+	Name *string `json:"name"`
+}
+
+func (b *bootstrapRequest) validate() error {
+	if b.Name == nil || *b.Name == "" {
+		b.Name = str("admin")
+	}
+	return checkKeyName("name", *b.Name)
+}
+
+// bootstrap mints the first admin key while the key table is empty (§3.3).
+func (s *server) bootstrap(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	if s.bootstrapToken != "" {
+		got := r.Header.Get("X-Bootstrap-Token")
+		if subtle.ConstantTimeCompare([]byte(got), []byte(s.bootstrapToken)) != 1 {
+			return s.authFailure(r, http.StatusForbidden, "forbidden", "bootstrap token required")
+		}
+	}
+	// A stolen agent certificate must not mint an admin key on a fresh or
+	// restored control plane.
+	if cn, ok := peerCN(r); ok && s.fleet.get(cn) != nil {
+		return s.authFailure(r, http.StatusForbidden, "forbidden", "machine certificates cannot bootstrap")
+	}
+	var req bootstrapRequest
+	if err := decode(w, r, maxBody, true, &req); err != nil {
+		return err
+	}
+	var created *keyCreated
+	err := s.st.write(r.Context(), func(tx *txn) error {
+		var n int
+		if err := tx.QueryRowContext(tx.ctx, "SELECT count(*) FROM api_key").Scan(&n); err != nil {
+			return fmt.Errorf("count keys: %w", err)
+		}
+		if n > 0 {
+			return conflict("API keys already exist. Use an admin key to create more.")
+		}
+		var err error
+		created, err = insertKey(tx, *req.Name, "admin", nil)
+		if err != nil {
+			return err
+		}
+		return recordAudit(tx, "system:bootstrap", "bootstrap", *req.Name, str("first admin key created"))
+	})
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, created)
+}

@@ -1,0 +1,401 @@
+// Command nixfleet-control-plane is the central server of a nixfleet
+// deployment.
+//
+// It serves one HTTP(S) listener: the agent routes (desired generation and
+// reports), the operator API (machines, releases, rollouts, audit, API keys),
+// /health and /metrics. All state lives in one SQLite database (--db-path,
+// default /var/lib/nixfleet-cp/state.db); in-memory indexes are derived from it
+// at startup. Logs are slog text lines on stderr. Two background loops run
+// beside the server: the rollout executor and the retention job.
+//
+// See README.md for the commands and SPEC.md-derived behaviour.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// version is set at link time with -ldflags "-X main.version=…".
+var version = "dev"
+
+func main() {
+	ctx, cancel := context.WithCancel(context.Background())
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		<-sigs
+		cancel() // first signal: graceful shutdown
+		<-sigs
+		os.Exit(1) // second signal during shutdown: give up at once
+	}()
+	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	if err != nil {
+		var ue *usageError
+		if errors.As(err, &ue) {
+			if ue.msg != "" {
+				fmt.Fprintf(os.Stderr, "nixfleet-control-plane: %s\n", ue.msg)
+			}
+			os.Exit(2)
+		}
+		fmt.Fprintf(os.Stderr, "nixfleet-control-plane: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// usageError is a usage or configuration error: the process exits with code 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error {
+	return &usageError{msg: fmt.Sprintf(format, args...)}
+}
+
+const usageText = `Usage:
+  nixfleet-control-plane [serve] [flags]     run the control plane server
+  nixfleet-control-plane keys create --name N [--role R] [--expires-at T] [--db-path P]
+                                             create an API key offline and print it
+  nixfleet-control-plane version             print the version
+  nixfleet-control-plane help                print this help
+
+Server flags (each also read from its environment variable; a flag wins):
+  --listen HOST:PORT            NIXFLEET_CP_LISTEN (default 0.0.0.0:8080)
+  --db-path PATH                NIXFLEET_CP_DB_PATH (default /var/lib/nixfleet-cp/state.db)
+  --tls-cert FILE               NIXFLEET_CP_TLS_CERT: PEM server certificate chain
+  --tls-key FILE                NIXFLEET_CP_TLS_KEY: PEM private key
+  --client-ca FILE              NIXFLEET_CP_CLIENT_CA: PEM CA bundle; requires client certificates (mTLS)
+  --executor-interval DURATION  NIXFLEET_CP_EXECUTOR_INTERVAL (default 2s, 100ms to 1m)
+  --report-retention DURATION   NIXFLEET_CP_REPORT_RETENTION (default 168h, at least 1h)
+  --log-level LEVEL             NIXFLEET_CP_LOG_LEVEL: debug, info, warn or error (default info)
+  --bootstrap-token-file FILE   NIXFLEET_CP_BOOTSTRAP_TOKEN_FILE: secret required by bootstrap
+`
+
+// run is the whole program: main only adds signals and exit codes. It returns
+// a *usageError for exit code 2 and any other error for exit code 1.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	cmd := "serve"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "serve":
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "-help") {
+			fmt.Fprint(stdout, usageText)
+			return nil
+		}
+		cfg, err := parseServeFlags(args, getenv)
+		if err != nil {
+			return err
+		}
+		return serve(ctx, cfg, stderr, nil)
+	case "keys":
+		if len(args) == 0 || args[0] != "create" {
+			fmt.Fprint(stderr, usageText)
+			return &usageError{msg: "unknown keys subcommand; want \"keys create\""}
+		}
+		return keysCreate(ctx, args[1:], getenv, stdout, stderr)
+	case "version":
+		if len(args) > 0 {
+			return usagef("version takes no arguments")
+		}
+		fmt.Fprintf(stdout, "nixfleet-control-plane %s %s\n", version, runtime.Version())
+		return nil
+	case "help":
+		fmt.Fprint(stdout, usageText)
+		return nil
+	default:
+		fmt.Fprint(stderr, usageText)
+		return &usageError{msg: fmt.Sprintf("unknown command %q", cmd)}
+	}
+}
+
+// serveConfig is the validated server configuration.
+type serveConfig struct {
+	listen             string
+	dbPath             string
+	tlsCert            string
+	tlsKey             string
+	clientCA           string
+	executorInterval   time.Duration
+	reportRetention    time.Duration
+	logLevel           string
+	bootstrapTokenFile string
+}
+
+const defaultDBPath = "/var/lib/nixfleet-cp/state.db"
+
+// envFlag binds a string flag to its environment variable: the flag beats the
+// variable, the variable beats the default, and an empty variable counts as unset.
+type envFlag struct {
+	name, env, def string
+	dst            *string
+}
+
+// parseServeFlags parses and validates the server flags and their environment
+// variables. It reads no file, so it can check a command line whose paths only
+// exist on another machine (the NixOS module test relies on that). Every error
+// is a *usageError naming the flag or variable.
+func parseServeFlags(args []string, getenv func(string) string) (serveConfig, error) {
+	var cfg serveConfig
+	var interval, retention string
+	flags := []envFlag{
+		{"listen", "NIXFLEET_CP_LISTEN", "0.0.0.0:8080", &cfg.listen},
+		{"db-path", "NIXFLEET_CP_DB_PATH", defaultDBPath, &cfg.dbPath},
+		{"tls-cert", "NIXFLEET_CP_TLS_CERT", "", &cfg.tlsCert},
+		{"tls-key", "NIXFLEET_CP_TLS_KEY", "", &cfg.tlsKey},
+		{"client-ca", "NIXFLEET_CP_CLIENT_CA", "", &cfg.clientCA},
+		{"executor-interval", "NIXFLEET_CP_EXECUTOR_INTERVAL", "2s", &interval},
+		{"report-retention", "NIXFLEET_CP_REPORT_RETENTION", "168h", &retention},
+		{"log-level", "NIXFLEET_CP_LOG_LEVEL", "info", &cfg.logLevel},
+		{"bootstrap-token-file", "NIXFLEET_CP_BOOTSTRAP_TOKEN_FILE", "", &cfg.bootstrapTokenFile},
+	}
+	source, err := parseEnvFlags("serve", args, getenv, flags)
+	if err != nil {
+		return cfg, err
+	}
+
+	if _, port, err := net.SplitHostPort(cfg.listen); err != nil || port == "" {
+		return cfg, usagef("invalid %s %q: want host:port", source["listen"], cfg.listen)
+	}
+	if cfg.dbPath == "" {
+		return cfg, usagef("%s must not be empty", source["db-path"])
+	}
+	cfg.executorInterval, err = time.ParseDuration(interval)
+	if err != nil || cfg.executorInterval < 100*time.Millisecond || cfg.executorInterval > time.Minute {
+		return cfg, usagef("invalid %s %q: want a Go duration from 100ms to 1m", source["executor-interval"], interval)
+	}
+	cfg.reportRetention, err = time.ParseDuration(retention)
+	if err != nil || cfg.reportRetention < time.Hour {
+		return cfg, usagef("invalid %s %q: want a Go duration of at least 1h", source["report-retention"], retention)
+	}
+	if _, ok := logLevels[cfg.logLevel]; !ok {
+		return cfg, usagef("invalid %s %q: want debug, info, warn or error", source["log-level"], cfg.logLevel)
+	}
+	if (cfg.tlsCert == "") != (cfg.tlsKey == "") {
+		return cfg, usagef("--tls-cert and --tls-key must be set together")
+	}
+	if cfg.clientCA != "" && cfg.tlsCert == "" {
+		return cfg, usagef("--client-ca requires --tls-cert and --tls-key")
+	}
+	return cfg, nil
+}
+
+// parseEnvFlags parses args into flags, falling back to the environment. It
+// returns, per flag name, how to name its value in an error message: the flag
+// when it was given on the command line, else the environment variable.
+func parseEnvFlags(cmd string, args []string, getenv func(string) string, flags []envFlag) (map[string]string, error) {
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	for _, f := range flags {
+		fs.StringVar(f.dst, f.name, f.def, "")
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, usagef("%s", strings.TrimSpace(usageText))
+		}
+		return nil, usagef("%v", err)
+	}
+	if fs.NArg() > 0 {
+		return nil, usagef("unexpected argument %q", fs.Arg(0))
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	source := map[string]string{}
+	for _, f := range flags {
+		source[f.name] = "--" + f.name
+		if given[f.name] {
+			continue
+		}
+		if v := getenv(f.env); v != "" {
+			*f.dst = v
+			source[f.name] = f.env
+		}
+	}
+	return source, nil
+}
+
+var logLevels = map[string]slog.Level{
+	"debug": slog.LevelDebug,
+	"info":  slog.LevelInfo,
+	"warn":  slog.LevelWarn,
+	"error": slog.LevelError,
+}
+
+// newLogger returns the process logger: slog text lines on w with UTC
+// timestamps at millisecond precision.
+func newLogger(w io.Writer, level string) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{
+		Level: logLevels[level],
+		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+			if a.Key == slog.TimeKey && len(groups) == 0 {
+				return slog.String(slog.TimeKey, a.Value.Time().UTC().Format(timeLayout))
+			}
+			return a
+		},
+	}))
+}
+
+// readBootstrapToken reads the bootstrap secret: surrounding whitespace is
+// trimmed and at least 16 bytes must remain. Errors are usage errors (exit 2).
+func readBootstrapToken(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", usagef("--bootstrap-token-file: %v", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if len(tok) < 16 {
+		return "", usagef("--bootstrap-token-file %s: the token must be at least 16 bytes", path)
+	}
+	return tok, nil
+}
+
+// serveHooks lets tests observe a running server; nil in production.
+type serveHooks struct {
+	now       func() time.Time
+	listening func(addr string) // called once the listener is bound
+}
+
+// Server timeouts. ReadHeaderTimeout and ReadTimeout cut off slow clients;
+// WriteTimeout bounds a response (the CSV export lifts it while streaming);
+// IdleTimeout is longer than the agents' 60 s poll so their keep-alive
+// connections are reused instead of re-handshaking TLS every minute.
+const (
+	readHeaderTimeout = 10 * time.Second
+	readTimeout       = 30 * time.Second
+	writeTimeout      = 60 * time.Second
+	idleTimeout       = 120 * time.Second
+	maxHeaderBytes    = 64 << 10
+	shutdownGrace     = 15 * time.Second
+)
+
+// serve runs the server until ctx is cancelled, in the startup order of the
+// spec: validate, log, TLS material, database, derived state, bind, loops, serve.
+func serve(ctx context.Context, cfg serveConfig, stderr io.Writer, hooks *serveHooks) error {
+	var bootstrapToken string
+	if cfg.bootstrapTokenFile != "" {
+		tok, err := readBootstrapToken(cfg.bootstrapTokenFile)
+		if err != nil {
+			return err
+		}
+		bootstrapToken = tok
+	}
+	log := newLogger(stderr, cfg.logLevel)
+	now := time.Now
+	if hooks != nil && hooks.now != nil {
+		now = hooks.now
+	}
+
+	var tlsConfig *tls.Config
+	mode := "plain"
+	if cfg.tlsCert != "" {
+		var err error
+		tlsConfig, err = loadTLSConfig(cfg.tlsCert, cfg.tlsKey, cfg.clientCA)
+		if err != nil {
+			return err
+		}
+		mode = "tls"
+		if cfg.clientCA != "" {
+			mode = "mtls"
+		}
+	}
+
+	m := newMetrics()
+	st, err := openStore(ctx, cfg.dbPath, now, m)
+	if err != nil {
+		return err
+	}
+	log.Info("database ready", "path", cfg.dbPath, "schema_version", len(migrations))
+
+	srv, err := newServer(ctx, st, m, log, serverOptions{
+		now:            now,
+		mode:           mode,
+		bootstrapToken: bootstrapToken,
+		retention:      cfg.reportRetention,
+	})
+	if err != nil {
+		st.close()
+		return err
+	}
+
+	ln, err := net.Listen("tcp", cfg.listen)
+	if err != nil {
+		st.close()
+		return fmt.Errorf("listen on %s: %w", cfg.listen, err)
+	}
+	addr := ln.Addr().String()
+	if tlsConfig != nil {
+		ln = tls.NewListener(ln, tlsConfig)
+	}
+
+	httpServer := &http.Server{
+		Handler:           srv.handler(),
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readTimeout,
+		WriteTimeout:      writeTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		// A non-nil empty map disables HTTP/2: only http/1.1 is offered.
+		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
+		ErrorLog:     slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+
+	loopCtx, stopLoops := context.WithCancel(context.Background())
+	var loops sync.WaitGroup
+	loops.Add(3)
+	go func() { defer loops.Done(); st.runReportWriter() }()
+	go func() { defer loops.Done(); srv.exec.run(loopCtx, cfg.executorInterval) }()
+	go func() { defer loops.Done(); srv.runRetention(loopCtx, time.Hour) }()
+
+	switch mode {
+	case "plain":
+		log.Warn("running without TLS: traffic is unencrypted and agent endpoints are unauthenticated")
+	case "tls":
+		log.Warn("no client CA configured: agent endpoints are not authenticated")
+	}
+	if n, err := st.countKeys(ctx); err == nil && n == 0 {
+		log.Warn("no API keys exist: POST /api/v1/keys/bootstrap is open",
+			"hint", "set --bootstrap-token-file to require a one-time secret")
+	}
+	log.Info("Control plane listening", "addr", addr, "mode", mode)
+	if hooks != nil && hooks.listening != nil {
+		hooks.listening(addr)
+	}
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- httpServer.Serve(ln) }()
+
+	var result error
+	select {
+	case err := <-serveErr:
+		result = fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+		log.Info("shutting down")
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+		if err := httpServer.Shutdown(shutdownCtx); err != nil {
+			httpServer.Close()
+		}
+		cancel()
+	}
+	stopLoops()      // the executor finishes its current step, retention stops
+	st.stopReports() // flushes the group-commit queue
+	loops.Wait()
+	if err := st.close(); err != nil && result == nil {
+		result = err
+	}
+	return result
+}
