@@ -12,6 +12,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -176,10 +177,9 @@ func (s *server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	rec := &statusRecorder{ResponseWriter: w}
 	label := "unmatched"
 	defer func() {
-		if v := recover(); v != nil {
-			if v == http.ErrAbortHandler {
-				panic(v)
-			}
+		v := recover()
+		if v != nil && v != http.ErrAbortHandler {
+			// A bug: answer 500 (if nothing was sent yet) and keep serving.
 			s.log.Error("internal error", "method", r.Method, "path", r.URL.Path, "err", fmt.Sprintf("panic: %v", v))
 			if rec.status == 0 {
 				writeJSONError(rec, http.StatusInternalServerError, "internal error")
@@ -198,6 +198,9 @@ func (s *server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			s.m.httpDuration.observe(time.Since(start).Seconds(), method, label)
 		}
 		s.log.Debug("request", "method", r.Method, "path", r.URL.Path, "status", status, "duration", time.Since(start))
+		if v == http.ErrAbortHandler {
+			panic(v) // let net/http abort the connection
+		}
 	}()
 
 	segs := strings.Split(r.URL.EscapedPath(), "/")
@@ -381,9 +384,11 @@ func decode(w http.ResponseWriter, r *http.Request, limit int64, emptyOK bool, d
 	return dst.validate()
 }
 
-// unmarshalObject decodes exactly one JSON object in valid UTF-8 into dst.
-// Unknown keys are ignored, null means absent, and the last of duplicate
-// keys wins (all three for compatibility with existing clients).
+// unmarshalObject decodes exactly one JSON object in valid UTF-8 into dst, a
+// pointer to a request struct. Keys match the fields' json tags exactly:
+// encoding/json alone would also match "Lifecycle" or "SUCCESS", but the wire
+// keys are case-sensitive and any other key is unknown, hence ignored (compat).
+// null means absent, and the last of duplicate keys wins.
 func unmarshalObject(b []byte, dst any) error {
 	if !utf8.Valid(b) {
 		return badRequest("invalid JSON body: not valid UTF-8")
@@ -392,25 +397,94 @@ func unmarshalObject(b []byte, dst any) error {
 	if len(trimmed) == 0 {
 		return badRequest("invalid JSON body: empty body")
 	}
+	if !json.Valid(trimmed) {
+		var v any
+		return badRequest("invalid JSON body: %s", jsonErrText(json.Unmarshal(trimmed, &v)))
+	}
 	if trimmed[0] != '{' {
-		if !json.Valid(trimmed) {
-			var v any
-			return badRequest("invalid JSON body: %s", jsonErrText(json.Unmarshal(trimmed, &v)))
-		}
 		return badRequest("invalid JSON body: expected a JSON object")
 	}
-	if err := json.Unmarshal(b, dst); err != nil {
+	return decodeStruct(trimmed, reflect.ValueOf(dst).Elem(), "")
+}
+
+// decodeStruct decodes the JSON object raw (known to be valid) into the
+// struct v, key by key. path is the JSON path of v, for error messages.
+func decodeStruct(raw []byte, v reflect.Value, path string) error {
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &obj); err != nil {
+		return badRequest("%s: wrong type: want object", pathOr(path, "body"))
+	}
+	t := v.Type()
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if !f.IsExported() || name == "" || name == "-" {
+			continue
+		}
+		if val, ok := obj[name]; ok {
+			p := name
+			if path != "" {
+				p = path + "." + name
+			}
+			if err := decodeValue(val, v.Field(i), p); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// decodeValue decodes one JSON value into v. Structs, pointers to structs
+// and slices of structs are decoded by decodeStruct, so that nested keys are
+// matched exactly too; everything else by encoding/json.
+func decodeValue(raw json.RawMessage, v reflect.Value, path string) error {
+	isNull := string(raw) == "null"
+	switch {
+	case isNull:
+		v.SetZero() // null means absent
+		return nil
+	case v.Kind() == reflect.Struct:
+		return decodeStruct(raw, v, path)
+	case v.Kind() == reflect.Pointer && v.Type().Elem().Kind() == reflect.Struct:
+		p := reflect.New(v.Type().Elem())
+		if err := decodeStruct(raw, p.Elem(), path); err != nil {
+			return err
+		}
+		v.Set(p)
+		return nil
+	case v.Kind() == reflect.Slice && v.Type().Elem().Kind() == reflect.Struct:
+		var items []json.RawMessage
+		if err := json.Unmarshal(raw, &items); err != nil {
+			return badRequest("%s: wrong type: want array", path)
+		}
+		out := reflect.MakeSlice(v.Type(), len(items), len(items))
+		for i, item := range items {
+			if err := decodeValue(item, out.Index(i), fmt.Sprintf("%s[%d]", path, i)); err != nil {
+				return err
+			}
+		}
+		v.Set(out)
+		return nil
+	}
+	if err := json.Unmarshal(raw, v.Addr().Interface()); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) {
-			field := te.Field
-			if field == "" {
-				field = "body"
+			field := path
+			if te.Field != "" {
+				field = path + "." + te.Field
 			}
 			return badRequest("%s: wrong type: got %s, want %s", field, te.Value, jsonKind(te.Type.String()))
 		}
-		return badRequest("invalid JSON body: %s", jsonErrText(err))
+		return badRequest("%s: %s", path, jsonErrText(err))
 	}
 	return nil
+}
+
+func pathOr(path, def string) string {
+	if path == "" {
+		return def
+	}
+	return path
 }
 
 func jsonErrText(err error) string {

@@ -43,7 +43,7 @@ func (s *server) listAudit(w http.ResponseWriter, r *http.Request, _ *principal)
 		return err
 	}
 	out := []auditEvent{}
-	if err := s.st.eachAudit(r.Context(), f, func(ev auditEvent) error {
+	if err := s.st.eachAudit(r.Context(), f, nil, func(ev auditEvent) error {
 		out = append(out, ev)
 		return nil
 	}); err != nil {
@@ -64,14 +64,21 @@ func (s *server) exportAudit(w http.ResponseWriter, r *http.Request, _ *principa
 	if err := http.NewResponseController(w).SetWriteDeadline(time.Time{}); err != nil {
 		return err
 	}
-	w.Header().Set("Content-Type", "text/csv; charset=utf-8")
-	w.Header().Set("Content-Disposition", `attachment; filename="audit.csv"`)
-	w.WriteHeader(http.StatusOK)
-	if err := s.st.exportAuditCSV(r.Context(), f, w); err != nil {
+	started := false
+	err = s.st.exportAuditCSV(r.Context(), f, w, func() {
+		started = true
+		w.Header().Set("Content-Type", "text/csv; charset=utf-8")
+		w.Header().Set("Content-Disposition", `attachment; filename="audit.csv"`)
+		w.WriteHeader(http.StatusOK)
+	})
+	if err != nil && !started {
+		return err
+	}
+	if err != nil {
 		if r.Context().Err() == nil {
 			s.log.Error("internal error", "method", r.Method, "path", r.URL.Path, "err", err)
 		}
-		panic(http.ErrAbortHandler)
+		panic(http.ErrAbortHandler) // the status is sent: only aborting the connection tells the client
 	}
 	return nil
 }

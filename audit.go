@@ -91,14 +91,19 @@ func (f auditFilter) query() (string, []any) {
 }
 
 // eachAudit calls fn for every row that matches f, newest first, streaming
-// the rows from one read transaction.
-func (s *store) eachAudit(ctx context.Context, f auditFilter, fn func(auditEvent) error) error {
+// the rows from one read transaction. started, if not nil, is called once the
+// query has succeeded and before the first row, so that a caller can commit
+// to a response only when the query is known to work.
+func (s *store) eachAudit(ctx context.Context, f auditFilter, started func(), fn func(auditEvent) error) error {
 	q, args := f.query()
 	rows, err := s.ro.QueryContext(ctx, q, args...)
 	if err != nil {
 		return fmt.Errorf("query audit: %w", err)
 	}
 	defer rows.Close()
+	if started != nil {
+		started()
+	}
 	for rows.Next() {
 		var ev auditEvent
 		var ts int64
@@ -146,12 +151,14 @@ func writeCSVRow(w *bufio.Writer, ev auditEvent) error {
 const csvHeader = "timestamp,actor,action,target,detail\n"
 
 // exportAuditCSV streams every matching row as CSV to w, in constant memory.
-func (s *store) exportAuditCSV(ctx context.Context, f auditFilter, w io.Writer) error {
+// started is called once the query has succeeded, before anything is written.
+func (s *store) exportAuditCSV(ctx context.Context, f auditFilter, w io.Writer, started func()) error {
 	bw := bufio.NewWriterSize(w, 32<<10)
-	if _, err := bw.WriteString(csvHeader); err != nil {
-		return err
-	}
-	if err := s.eachAudit(ctx, f, func(ev auditEvent) error { return writeCSVRow(bw, ev) }); err != nil {
+	err := s.eachAudit(ctx, f, func() {
+		started()
+		bw.WriteString(csvHeader)
+	}, func(ev auditEvent) error { return writeCSVRow(bw, ev) })
+	if err != nil {
 		return err
 	}
 	return bw.Flush()

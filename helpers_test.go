@@ -369,8 +369,11 @@ func (ts *testServer) client(cert string) *http.Client {
 func (p *testPKI) client(cert string) *http.Client {
 	cfg := &tls.Config{RootCAs: p.caPool}
 	if cert != "" {
+		// GetClientCertificate, not Certificates: with Certificates, Go's client
+		// silently sends no certificate when the server's acceptable CAs do not
+		// include its issuer, and a rogue-CA test would test "no certificate".
 		c := p.clients[cert]
-		cfg.Certificates = []tls.Certificate{c}
+		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &c, nil }
 	}
 	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}
 }

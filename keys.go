@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"os"
 	"strconv"
@@ -308,8 +309,10 @@ func keysCreate(ctx context.Context, args []string, getenv func(string) string, 
 		}
 		expires = &ms
 	}
-	if _, err := os.Stat(dbPath); err != nil {
+	if _, err := os.Stat(dbPath); errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("database %s does not exist", dbPath)
+	} else if err != nil {
+		return fmt.Errorf("open database %s: %w", dbPath, err)
 	}
 	st, err := openStore(ctx, dbPath, time.Now, newMetrics())
 	if err != nil {

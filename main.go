@@ -251,11 +251,12 @@ func newLogger(w io.Writer, level string) *slog.Logger {
 }
 
 // readBootstrapToken reads the bootstrap secret: surrounding whitespace is
-// trimmed and at least 16 bytes must remain. Errors are usage errors (exit 2).
+// trimmed and at least 16 bytes must remain (a usage error, exit 2, like any
+// invalid setting); a file that cannot be read exits 1 like other unreadable files.
 func readBootstrapToken(path string) (string, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return "", usagef("--bootstrap-token-file: %v", err)
+		return "", fmt.Errorf("read bootstrap token file: %w", err) // an unreadable file exits 1
 	}
 	tok := strings.TrimSpace(string(b))
 	if len(tok) < 16 {
@@ -282,6 +283,21 @@ const (
 	maxHeaderBytes    = 64 << 10
 	shutdownGrace     = 15 * time.Second
 )
+
+// newHTTPServer returns the HTTP server with the production limits.
+func newHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readTimeout,
+		WriteTimeout:      writeTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		// A non-nil empty map disables HTTP/2: only http/1.1 is offered.
+		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
+		ErrorLog:     slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+}
 
 // serve runs the server until ctx is cancelled, in the startup order of the
 // spec: validate, log, TLS material, database, derived state, bind, loops, serve.
@@ -342,17 +358,7 @@ func serve(ctx context.Context, cfg serveConfig, stderr io.Writer, hooks *serveH
 		ln = tls.NewListener(ln, tlsConfig)
 	}
 
-	httpServer := &http.Server{
-		Handler:           srv.handler(),
-		ReadHeaderTimeout: readHeaderTimeout,
-		ReadTimeout:       readTimeout,
-		WriteTimeout:      writeTimeout,
-		IdleTimeout:       idleTimeout,
-		MaxHeaderBytes:    maxHeaderBytes,
-		// A non-nil empty map disables HTTP/2: only http/1.1 is offered.
-		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
-		ErrorLog:     slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-	}
+	httpServer := newHTTPServer(srv.handler(), log)
 
 	loopCtx, stopLoops := context.WithCancel(context.Background())
 	var loops sync.WaitGroup

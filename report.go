@@ -168,7 +168,8 @@ var errDecommissioned = forbidden("machine is decommissioned")
 func (s *server) report(w http.ResponseWriter, r *http.Request, _ *principal) error {
 	err := s.acceptReport(w, r)
 	var ae *apiError
-	if errors.As(err, &ae) && ae.status < 500 {
+	var mbe *http.MaxBytesError // a 413: the body is over the limit (§11 counts it as rejected)
+	if errors.As(err, &ae) && ae.status < 500 || errors.As(err, &mbe) {
 		s.m.reports.inc("rejected")
 	}
 	return err

@@ -102,6 +102,13 @@ CREATE TRIGGER audit_event_no_delete BEFORE DELETE ON audit_event
 BEGIN
     SELECT RAISE(ABORT, 'audit_event is append-only');
 END;
+-- REPLACE (INSERT OR REPLACE) deletes a conflicting row without firing
+-- DELETE triggers (recursive_triggers is off), so an insert may not reuse an id.
+CREATE TRIGGER audit_event_no_replace BEFORE INSERT ON audit_event
+WHEN EXISTS (SELECT 1 FROM audit_event WHERE id = NEW.id)
+BEGIN
+    SELECT RAISE(ABORT, 'audit_event is append-only');
+END;
 
 -- An immutable release: which store path each host should run.
 CREATE TABLE release (
