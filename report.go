@@ -321,7 +321,6 @@ func (s *store) commitReports(batch []*reportJob) {
 			results[i] = t.savepoint(func() error { return t.applyReport(j) })
 		}
 		if err := t.commit(); err != nil {
-			t.Rollback()
 			return err
 		}
 		return nil
@@ -370,7 +369,7 @@ func (t *txn) applyReport(j *reportJob) error {
 		detail = strings.Join(changes, "; ")
 	}
 
-	res, err := t.StmtContext(t.ctx, t.s.stmts.insertReport).ExecContext(t.ctx, id, *req.CurrentGeneration,
+	res, err := t.s.stmts.insertReport.ExecContext(t.ctx, id, *req.CurrentGeneration,
 		*req.Success, *req.Message, req.agentTS, t.now, *req.AgentVersion, *req.UptimeSeconds)
 	if err != nil {
 		return fmt.Errorf("insert report: %w", err)
@@ -380,7 +379,7 @@ func (t *txn) applyReport(j *reportJob) error {
 		if err != nil {
 			return fmt.Errorf("insert report: %w", err)
 		}
-		if _, err := t.StmtContext(t.ctx, t.s.stmts.insertHealth).ExecContext(t.ctx, reportID, id,
+		if _, err := t.s.stmts.insertHealth.ExecContext(t.ctx, reportID, id,
 			*req.CurrentGeneration, *h.AllPassed, h.resultsJSON, h.failedChecks, h.measuredAt, t.now); err != nil {
 			return fmt.Errorf("insert health report: %w", err)
 		}
@@ -408,7 +407,7 @@ func (t *txn) applyReport(j *reportJob) error {
 			return err
 		}
 	}
-	if _, err := t.StmtContext(t.ctx, t.s.stmts.updateMachine).ExecContext(t.ctx, *req.CurrentGeneration,
+	if _, err := t.s.stmts.updateMachine.ExecContext(t.ctx, *req.CurrentGeneration,
 		*req.Success, t.now, req.agentTS, *req.AgentVersion, *req.UptimeSeconds, id); err != nil {
 		return fmt.Errorf("update machine: %w", err)
 	}

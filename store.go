@@ -31,7 +31,8 @@ var migrations = []string{schemaSQL}
 // commit order. Reads use a separate pool and never wait for the writer (WAL).
 type store struct {
 	path    string
-	db      *sql.DB // the single writer connection
+	db      *sql.DB   // the writer pool: one connection, held by conn
+	conn    *sql.Conn // the single writer connection; transactions are explicit
 	ro      *sql.DB // read pool
 	mu      sync.Mutex
 	now     func() time.Time
@@ -99,15 +100,24 @@ func openStore(ctx context.Context, path string, now func() time.Time, m *metric
 		db.Close()
 		return nil, fmt.Errorf("open database %s: journal_mode is %q, want wal", path, mode)
 	}
+	// The writer runs BEGIN IMMEDIATE/COMMIT/ROLLBACK itself on one dedicated
+	// connection, so that after a failed COMMIT (a full disk, a read-only
+	// file) it can always roll back and leave the connection usable.
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open database %s: %w", path, err)
+	}
 	ro, err := sql.Open("sqlite", base+"?"+pragmas+"&_query_only=1")
 	if err != nil {
+		conn.Close()
 		db.Close()
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
 	ro.SetMaxOpenConns(8)
 	ro.SetMaxIdleConns(8)
 
-	s := &store{path: path, db: db, ro: ro, now: now, metrics: m, fleet: newFleet()}
+	s := &store{path: path, db: db, conn: conn, ro: ro, now: now, metrics: m, fleet: newFleet()}
 	s.reports = newReportQueue()
 	if err := s.migrate(ctx); err != nil {
 		s.close()
@@ -155,26 +165,21 @@ func probeSchema(ctx context.Context, path string) error {
 // its user_version update. Running it again changes nothing.
 func (s *store) migrate(ctx context.Context) error {
 	var v int
-	if err := s.db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
+	if err := s.conn.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
 		return fmt.Errorf("read schema version: %w", err)
 	}
 	if v > len(migrations) {
 		return fmt.Errorf("database schema version %d is newer than this binary supports (%d)", v, len(migrations))
 	}
 	for i := v; i < len(migrations); i++ {
-		tx, err := s.db.BeginTx(ctx, nil)
+		err := s.write(ctx, func(tx *txn) error {
+			if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
+				return err
+			}
+			_, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", i+1))
+			return err
+		})
 		if err != nil {
-			return fmt.Errorf("migration %d: %w", i+1, err)
-		}
-		if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
-			tx.Rollback()
-			return fmt.Errorf("migration %d: %w", i+1, err)
-		}
-		if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", i+1)); err != nil {
-			tx.Rollback()
-			return fmt.Errorf("migration %d: %w", i+1, err)
-		}
-		if err := tx.Commit(); err != nil {
 			return fmt.Errorf("migration %d: %w", i+1, err)
 		}
 	}
@@ -189,10 +194,11 @@ func (s *store) close() error {
 		}
 	}
 	var err error
-	if _, cerr := s.db.Exec("PRAGMA wal_checkpoint(TRUNCATE)"); cerr != nil {
+	if _, cerr := s.conn.ExecContext(context.Background(), "PRAGMA wal_checkpoint(TRUNCATE)"); cerr != nil {
 		err = fmt.Errorf("checkpoint database: %w", cerr)
 	}
 	s.ro.Close()
+	s.conn.Close()
 	if cerr := s.db.Close(); cerr != nil && err == nil {
 		err = fmt.Errorf("close database: %w", cerr)
 	}
@@ -211,7 +217,7 @@ func isBusy(err error) bool {
 // that later statements in the same transaction see them), and the updates of
 // derived state that must run only once the commit has succeeded.
 type txn struct {
-	*sql.Tx
+	*sql.Conn // the writer connection, inside BEGIN IMMEDIATE
 	ctx      context.Context
 	s        *store
 	now      int64 // Unix milliseconds, one value per transaction
@@ -238,7 +244,7 @@ func (s *store) write(ctx context.Context, fn func(tx *txn) error) error {
 		return err
 	}
 	if err := fn(t); err != nil {
-		t.Rollback()
+		t.rollback()
 		return err
 	}
 	return t.commit()
@@ -246,17 +252,26 @@ func (s *store) write(ctx context.Context, fn func(tx *txn) error) error {
 
 // begin starts a write transaction; the caller holds s.mu.
 func (s *store) begin(ctx context.Context) (*txn, error) {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
+	if _, err := s.conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
 		return nil, fmt.Errorf("begin transaction: %w", err)
 	}
-	return &txn{Tx: tx, ctx: ctx, s: s, now: s.now().UnixMilli(), machines: map[string]*machineRec{}}, nil
+	return &txn{Conn: s.conn, ctx: ctx, s: s, now: s.now().UnixMilli(), machines: map[string]*machineRec{}}, nil
 }
 
-// commit commits and then applies the derived-state updates; the caller holds s.mu.
+// rollback abandons the transaction. It does not use the request's context:
+// a cancelled request must still release the write lock.
+func (t *txn) rollback() {
+	t.Conn.ExecContext(context.Background(), "ROLLBACK")
+}
+
+// commit commits and then applies the derived-state updates; the caller
+// holds s.mu. A failed COMMIT is rolled back, so the connection is usable for
+// the next transaction. The commit does not use the request's context: once
+// every statement has run, a client going away does not undo the change.
 func (t *txn) commit() error {
 	start := time.Now() // a duration for the metric, not a timestamp
-	if err := t.Tx.Commit(); err != nil {
+	if _, err := t.Conn.ExecContext(context.Background(), "COMMIT"); err != nil {
+		t.rollback()
 		return fmt.Errorf("commit: %w", err)
 	}
 	t.s.metrics.commitDuration.observe(time.Since(start).Seconds())
@@ -324,7 +339,7 @@ func (t *txn) stage(rec *machineRec) {
 
 // insertMachine creates a machine with the given lifecycle and tags.
 func (t *txn) insertMachine(id, lifecycle string, tags []string) (*machineRec, error) {
-	if _, err := t.StmtContext(t.ctx, t.s.stmts.insertMachine).ExecContext(t.ctx, id, lifecycle, t.now); err != nil {
+	if _, err := t.s.stmts.insertMachine.ExecContext(t.ctx, id, lifecycle, t.now); err != nil {
 		return nil, fmt.Errorf("insert machine: %w", err)
 	}
 	rec := &machineRec{ID: id, Lifecycle: lifecycle, RegisteredAt: t.now, LastSuccess: -1, Tags: []string{}}
@@ -478,7 +493,7 @@ func (s *store) prepare(ctx context.Context) error {
 			return nil
 		}
 		var st *sql.Stmt
-		st, err = s.db.PrepareContext(ctx, q)
+		st, err = s.conn.PrepareContext(ctx, q)
 		return st
 	}
 	s.stmts = writerStmts{
@@ -496,7 +511,7 @@ func (s *store) prepare(ctx context.Context) error {
 	return nil
 }
 
-// queryer is what both *sql.DB and *sql.Tx offer for reads.
+// queryer is what *sql.DB, *sql.Tx and the write transaction offer for reads.
 type queryer interface {
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
