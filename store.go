@@ -33,7 +33,7 @@ type store struct {
 	path    string
 	db      *sql.DB   // the writer pool: one connection, held by conn
 	conn    *sql.Conn // the single writer connection; transactions are explicit
-	ro      *sql.DB // read pool
+	ro      *sql.DB   // read pool
 	mu      sync.Mutex
 	now     func() time.Time
 	metrics *metrics
@@ -218,13 +218,13 @@ func isBusy(err error) bool {
 // derived state that must run only once the commit has succeeded.
 type txn struct {
 	*sql.Conn // the writer connection, inside BEGIN IMMEDIATE
-	ctx      context.Context
-	s        *store
-	now      int64 // Unix milliseconds, one value per transaction
-	machines map[string]*machineRec
-	undo     []undoEntry
-	after    []func()
-	audits   []string // actions of the audit rows written, for the metric
+	ctx       context.Context
+	s         *store
+	now       int64 // Unix milliseconds, one value per transaction
+	machines  map[string]*machineRec
+	undo      []undoEntry
+	after     []func()
+	audits    []string // actions of the audit rows written, for the metric
 }
 
 type undoEntry struct {
