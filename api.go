@@ -397,14 +397,18 @@ func unmarshalObject(b []byte, dst any) error {
 	if len(trimmed) == 0 {
 		return badRequest("invalid JSON body: empty body")
 	}
-	if !json.Valid(trimmed) {
-		var v any
-		return badRequest("invalid JSON body: %s", jsonErrText(json.Unmarshal(trimmed, &v)))
-	}
 	if trimmed[0] != '{' {
+		var v any
+		if err := json.Unmarshal(trimmed, &v); err != nil {
+			return badRequest("invalid JSON body: %s", jsonErrText(err))
+		}
 		return badRequest("invalid JSON body: expected a JSON object")
 	}
-	return decodeStruct(trimmed, reflect.ValueOf(dst).Elem(), "")
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(trimmed, &obj); err != nil { // validates the whole body once
+		return badRequest("invalid JSON body: %s", jsonErrText(err))
+	}
+	return decodeFields(obj, reflect.ValueOf(dst).Elem(), "")
 }
 
 // decodeStruct decodes the JSON object raw (known to be valid) into the
@@ -414,6 +418,12 @@ func decodeStruct(raw []byte, v reflect.Value, path string) error {
 	if err := json.Unmarshal(raw, &obj); err != nil {
 		return badRequest("%s: wrong type: want object", pathOr(path, "body"))
 	}
+	return decodeFields(obj, v, path)
+}
+
+// decodeFields sets the fields of the struct v from the object's members,
+// matching keys exactly to the json tags.
+func decodeFields(obj map[string]json.RawMessage, v reflect.Value, path string) error {
 	t := v.Type()
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)

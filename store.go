@@ -295,14 +295,14 @@ func (t *txn) afterCommit(f func()) { t.after = append(t.after, f) }
 // the transaction is kept, and fn's error is returned.
 func (t *txn) savepoint(fn func() error) error {
 	undo, after, audits := len(t.undo), len(t.after), len(t.audits)
-	if _, err := t.ExecContext(t.ctx, "SAVEPOINT sp"); err != nil {
+	if _, err := t.s.stmts.savepoint.ExecContext(t.ctx); err != nil {
 		return fmt.Errorf("savepoint: %w", err)
 	}
 	if err := fn(); err != nil {
-		if _, rerr := t.ExecContext(t.ctx, "ROLLBACK TO sp"); rerr != nil {
+		if _, rerr := t.s.stmts.rollbackTo.ExecContext(context.Background()); rerr != nil {
 			return fmt.Errorf("rollback to savepoint: %w (after %v)", rerr, err)
 		}
-		if _, rerr := t.ExecContext(t.ctx, "RELEASE sp"); rerr != nil {
+		if _, rerr := t.s.stmts.release.ExecContext(context.Background()); rerr != nil {
 			return fmt.Errorf("release savepoint: %w (after %v)", rerr, err)
 		}
 		for i := len(t.undo) - 1; i >= undo; i-- {
@@ -316,7 +316,7 @@ func (t *txn) savepoint(fn func() error) error {
 		t.undo, t.after, t.audits = t.undo[:undo], t.after[:after], t.audits[:audits]
 		return err
 	}
-	if _, err := t.ExecContext(t.ctx, "RELEASE sp"); err != nil {
+	if _, err := t.s.stmts.release.ExecContext(t.ctx); err != nil {
 		return fmt.Errorf("release savepoint: %w", err)
 	}
 	return nil
@@ -480,10 +480,13 @@ type writerStmts struct {
 	insertReport  *sql.Stmt
 	insertHealth  *sql.Stmt
 	updateMachine *sql.Stmt
+	savepoint     *sql.Stmt
+	release       *sql.Stmt
+	rollbackTo    *sql.Stmt
 }
 
 func (w *writerStmts) all() []*sql.Stmt {
-	return []*sql.Stmt{w.insertMachine, w.insertReport, w.insertHealth, w.updateMachine}
+	return []*sql.Stmt{w.insertMachine, w.insertReport, w.insertHealth, w.updateMachine, w.savepoint, w.release, w.rollbackTo}
 }
 
 func (s *store) prepare(ctx context.Context) error {
@@ -504,6 +507,9 @@ func (s *store) prepare(ctx context.Context) error {
 			failed_checks, measured_at, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`),
 		updateMachine: prep(`UPDATE machine SET current_generation = ?, last_success = ?, last_seen = ?,
 			last_report_agent_ts = ?, agent_version = ?, uptime_seconds = ? WHERE machine_id = ?`),
+		savepoint:  prep("SAVEPOINT sp"),
+		release:    prep("RELEASE sp"),
+		rollbackTo: prep("ROLLBACK TO sp"),
 	}
 	if err != nil {
 		return fmt.Errorf("prepare statements: %w", err)
