@@ -404,11 +404,82 @@ func unmarshalObject(b []byte, dst any) error {
 		}
 		return badRequest("invalid JSON body: expected a JSON object")
 	}
+	v := reflect.ValueOf(dst).Elem()
+	if plainKeys(trimmed) {
+		// Fast path: when every key is plain lowercase ASCII, encoding/json's
+		// case-insensitive matching can only match exactly, so one standard
+		// pass decodes exactly as the slow path would. Errors are re-derived
+		// by the slow path, which names the field with its full JSON path.
+		if json.Unmarshal(trimmed, dst) == nil {
+			return nil
+		}
+		v.SetZero()
+	}
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal(trimmed, &obj); err != nil { // validates the whole body once
 		return badRequest("invalid JSON body: %s", jsonErrText(err))
 	}
-	return decodeFields(obj, reflect.ValueOf(dst).Elem(), "")
+	return decodeFields(obj, v, "")
+}
+
+// plainKeys reports whether every object key in the JSON text b consists
+// only of the bytes a-z, 0-9 and _ (no escapes) and no object repeats a key
+// (encoding/json would merge a repeated object-valued key instead of letting
+// the last value win). It scans once, with a stack of open containers to know
+// which strings are keys. It is only meaningful for valid JSON; for anything
+// else it may answer either way.
+func plainKeys(b []byte) bool {
+	type frame struct {
+		object bool
+		keys   int // index in keys where this object's keys start
+	}
+	var stack []frame
+	var keys [][]byte // the keys of the open objects, innermost last
+	expectKey := false
+	for i := 0; i < len(b); i++ {
+		switch c := b[i]; c {
+		case '{', '[':
+			stack = append(stack, frame{object: c == '{', keys: len(keys)})
+			expectKey = c == '{'
+		case '}', ']':
+			if len(stack) > 0 {
+				keys = keys[:stack[len(stack)-1].keys]
+				stack = stack[:len(stack)-1]
+			}
+			expectKey = false
+		case ',':
+			expectKey = len(stack) > 0 && stack[len(stack)-1].object
+		case ':':
+			expectKey = false
+		case '"':
+			isKey, start := expectKey, i+1
+			expectKey = false
+			for i++; i < len(b) && b[i] != '"'; i++ {
+				if b[i] == '\\' {
+					if isKey {
+						return false
+					}
+					i++ // skip the escaped byte
+				} else if isKey && !(b[i] >= 'a' && b[i] <= 'z' || b[i] >= '0' && b[i] <= '9' || b[i] == '_') {
+					return false
+				}
+			}
+			if !isKey {
+				continue
+			}
+			key := b[start:min(i, len(b))]
+			if len(key) == 0 || len(stack) == 0 {
+				return false
+			}
+			for _, k := range keys[stack[len(stack)-1].keys:] {
+				if bytes.Equal(k, key) {
+					return false
+				}
+			}
+			keys = append(keys, key)
+		}
+	}
+	return true
 }
 
 // decodeStruct decodes the JSON object raw (known to be valid) into the

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -39,66 +40,79 @@ func (s *server) runRetention(ctx context.Context, interval time.Duration) {
 // reports received more than 24 h ago (except each machine's newest), then
 // reports older than the retention period (except the newest 100 of each
 // machine), whose health reports go with them.
+//
+// Candidates are found machine by machine on the read pool, through the
+// (machine_id, received_at) indexes that ingestion needs anyway, so that
+// retention adds no index to the report hot path and never holds the writer
+// while it searches. A candidate stays deletable whatever is ingested
+// meanwhile: newer rows only push old ones further from "newest".
 func (s *server) retain(ctx context.Context) (health, reports int64, err error) {
+	var ids []string
+	s.fleet.each(func(m *machineRec) { ids = append(ids, m.ID) })
+	slices.Sort(ids)
 	now := s.now()
-	// Candidates are walked in (received_at, id) order with a cursor, so the
-	// rows that are kept are read once per pass, not once per chunk.
-	health, err = s.pruneChunks(ctx, now.Add(-healthRetention).UnixMilli(), `SELECT h.id, h.received_at FROM health_report h
-		WHERE h.received_at < ?1 AND (h.received_at, h.id) > (?2, ?3)
-		AND h.id <> (SELECT h2.id FROM health_report h2 WHERE h2.machine_id = h.machine_id
-			ORDER BY h2.received_at DESC, h2.id DESC LIMIT 1)
-		ORDER BY h.received_at, h.id LIMIT ?4`, "DELETE FROM health_report WHERE id = ?")
+	health, err = s.prune(ctx, ids, now.Add(-healthRetention).UnixMilli(), `SELECT id FROM health_report
+		WHERE machine_id = ?1 AND received_at < ?2
+		AND id <> (SELECT id FROM health_report WHERE machine_id = ?1 ORDER BY received_at DESC, id DESC LIMIT 1)`,
+		"DELETE FROM health_report WHERE id = ?")
 	if err != nil {
 		return health, 0, err
 	}
-	reports, err = s.pruneChunks(ctx, now.Add(-s.retention).UnixMilli(), fmt.Sprintf(`SELECT r.id, r.received_at FROM report r
-		WHERE r.received_at < ?1 AND (r.received_at, r.id) > (?2, ?3)
-		AND (r.received_at, r.id) < (SELECT r2.received_at, r2.id FROM report r2 WHERE r2.machine_id = r.machine_id
-			ORDER BY r2.received_at DESC, r2.id DESC LIMIT 1 OFFSET %d)
-		ORDER BY r.received_at, r.id LIMIT ?4`, keepReports-1), "DELETE FROM report WHERE id = ?")
+	reports, err = s.prune(ctx, ids, now.Add(-s.retention).UnixMilli(), fmt.Sprintf(`SELECT id FROM report
+		WHERE machine_id = ?1 AND received_at < ?2
+		AND (received_at, id) < (SELECT received_at, id FROM report WHERE machine_id = ?1
+			ORDER BY received_at DESC, id DESC LIMIT 1 OFFSET %d)`, keepReports-1),
+		"DELETE FROM report WHERE id = ?")
 	return health, reports, err
 }
 
-// pruneChunks deletes, chunk by chunk, the rows that selectQ finds; selectQ
-// takes the cutoff, the cursor (received_at, id) and the chunk size.
-func (s *server) pruneChunks(ctx context.Context, cutoff int64, selectQ, deleteQ string) (int64, error) {
+// prune collects, machine by machine, the ids that selectQ (parameters:
+// machine id, cutoff) finds and deletes them with deleteQ in transactions of
+// at most retentionChunk rows.
+func (s *server) prune(ctx context.Context, machines []string, cutoff int64, selectQ, deleteQ string) (int64, error) {
 	var total int64
-	var curAt, curID int64 = -1 << 62, 0
-	for ctx.Err() == nil {
-		var n int
+	chunk := make([]int64, 0, retentionChunk)
+	flush := func() error {
+		if len(chunk) == 0 {
+			return nil
+		}
 		err := s.st.write(ctx, func(tx *txn) error {
-			rows, err := tx.QueryContext(tx.ctx, selectQ, cutoff, curAt, curID, retentionChunk)
-			if err != nil {
-				return fmt.Errorf("select expired rows: %w", err)
-			}
-			var ids []int64
-			for rows.Next() {
-				var id, at int64
-				if err := rows.Scan(&id, &at); err != nil {
-					rows.Close()
-					return fmt.Errorf("select expired rows: %w", err)
-				}
-				ids = append(ids, id)
-				curAt, curID = at, id
-			}
-			if err := rows.Close(); err != nil {
-				return fmt.Errorf("select expired rows: %w", err)
-			}
-			for _, id := range ids {
+			for _, id := range chunk {
 				if _, err := tx.ExecContext(tx.ctx, deleteQ, id); err != nil {
 					return fmt.Errorf("delete expired row: %w", err)
 				}
 			}
-			n = len(ids)
 			return nil
 		})
 		if err != nil {
-			return total, err
+			return err
 		}
-		total += int64(n)
-		if n < retentionChunk {
-			break
+		total += int64(len(chunk))
+		chunk = chunk[:0]
+		return nil
+	}
+	for _, m := range machines {
+		rows, err := s.st.ro.QueryContext(ctx, selectQ, m, cutoff)
+		if err != nil {
+			return total, fmt.Errorf("select expired rows: %w", err)
+		}
+		for rows.Next() {
+			var id int64
+			if err := rows.Scan(&id); err != nil {
+				rows.Close()
+				return total, fmt.Errorf("select expired rows: %w", err)
+			}
+			chunk = append(chunk, id)
+			if len(chunk) == retentionChunk {
+				if err := flush(); err != nil {
+					rows.Close()
+					return total, err
+				}
+			}
+		}
+		if err := rows.Close(); err != nil {
+			return total, fmt.Errorf("select expired rows: %w", err)
 		}
 	}
-	return total, ctx.Err()
+	return total, flush()
 }

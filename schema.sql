@@ -49,7 +49,6 @@ CREATE TABLE report (
     uptime_seconds INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX report_machine_received ON report (machine_id, received_at);
-CREATE INDEX report_received ON report (received_at);   -- retention
 
 -- The health object carried by a "health-check" report, linked to its report
 -- and deleted with it.
@@ -65,7 +64,6 @@ CREATE TABLE health_report (
     received_at   INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX health_report_machine_received ON health_report (machine_id, received_at);
-CREATE INDEX health_report_received ON health_report (received_at);   -- retention
 
 CREATE TABLE api_key (
     id           INTEGER PRIMARY KEY,
