@@ -197,7 +197,9 @@ func (s *server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			s.m.httpRequests.inc(method, label, strconv.Itoa(status))
 			s.m.httpDuration.observe(time.Since(start).Seconds(), method, label)
 		}
-		s.log.Debug("request", "method", r.Method, "path", r.URL.Path, "status", status, "duration", time.Since(start))
+		if s.log.Enabled(r.Context(), slog.LevelDebug) { // skip building the attributes on the hot path
+			s.log.Debug("request", "method", r.Method, "path", r.URL.Path, "status", status, "duration", time.Since(start))
+		}
 		if v == http.ErrAbortHandler {
 			panic(v) // let net/http abort the connection
 		}

@@ -362,8 +362,9 @@ func serve(ctx context.Context, cfg serveConfig, stderr io.Writer, hooks *serveH
 
 	loopCtx, stopLoops := context.WithCancel(context.Background())
 	var loops sync.WaitGroup
-	loops.Add(3)
+	loops.Add(4)
 	go func() { defer loops.Done(); st.runReportWriter() }()
+	go func() { defer loops.Done(); st.runCheckpointer(loopCtx, checkpointInterval, log) }()
 	go func() { defer loops.Done(); srv.exec.run(loopCtx, cfg.executorInterval) }()
 	go func() { defer loops.Done(); srv.runRetention(loopCtx, time.Hour) }()
 

@@ -124,7 +124,7 @@ func (h *healthPayload) validate() error {
 	stored := make([]storedResult, len(h.Results))
 	var failed []string
 	for i, r := range h.Results {
-		field := fmt.Sprintf("health.results[%d]", i)
+		field := resultField(i)
 		switch {
 		case r.Status == nil:
 			return badRequest("%s.status: required", field)
@@ -144,7 +144,7 @@ func (h *healthPayload) validate() error {
 			if r.Message == nil {
 				return badRequest("%s.message: required when status is \"fail\"", field)
 			}
-			if err := checkText(field+".message", *r.Message, 4096, false); err != nil {
+			if err := checkText(field.String()+".message", *r.Message, 4096, false); err != nil {
 				return err
 			}
 			stored[i].Message = *r.Message
@@ -159,6 +159,12 @@ func (h *healthPayload) validate() error {
 	h.failedChecks = strings.Join(failed, ", ")
 	return nil
 }
+
+// resultField names a health result in error messages. It is a Stringer, so
+// the name is only built when a message needs it.
+type resultField int
+
+func (i resultField) String() string { return fmt.Sprintf("health.results[%d]", int(i)) }
 
 // errDecommissioned refuses a decommissioned machine's report (§6.6).
 var errDecommissioned = forbidden("machine is decommissioned")

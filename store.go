@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -33,6 +34,7 @@ type store struct {
 	path    string
 	db      *sql.DB   // the writer pool: one connection, held by conn
 	conn    *sql.Conn // the single writer connection; transactions are explicit
+	ckpt    *sql.Conn // the checkpointer's connection
 	ro      *sql.DB   // read pool
 	mu      sync.Mutex
 	now     func() time.Time
@@ -88,8 +90,8 @@ func openStore(ctx context.Context, path string, now func() time.Time, m *metric
 	if err != nil {
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
-	db.SetMaxOpenConns(1)
-	db.SetMaxIdleConns(1)
+	db.SetMaxOpenConns(2) // the writer and the checkpointer
+	db.SetMaxIdleConns(2)
 	db.SetConnMaxLifetime(0)
 	var mode string
 	if err := db.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil {
@@ -108,8 +110,28 @@ func openStore(ctx context.Context, path string, now func() time.Time, m *metric
 		db.Close()
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
+	// The writer never checkpoints itself: runCheckpointer copies the WAL into
+	// the database file from its own connection, on the other core, instead
+	// of inside a commit that reports are waiting for. A larger page cache
+	// keeps the indexes of a big fleet in memory.
+	ckpt, err := db.Conn(ctx)
+	if err == nil {
+		_, err = conn.ExecContext(ctx, "PRAGMA wal_autocheckpoint = 0")
+	}
+	if err == nil {
+		_, err = conn.ExecContext(ctx, "PRAGMA cache_size = -65536") // KiB
+	}
+	if err == nil {
+		_, err = conn.ExecContext(ctx, "PRAGMA journal_size_limit = 67108864") // truncate a reset WAL to 64 MiB
+	}
+	if err != nil {
+		conn.Close()
+		db.Close()
+		return nil, fmt.Errorf("open database %s: %w", path, err)
+	}
 	ro, err := sql.Open("sqlite", base+"?"+pragmas+"&_query_only=1")
 	if err != nil {
+		ckpt.Close()
 		conn.Close()
 		db.Close()
 		return nil, fmt.Errorf("open database %s: %w", path, err)
@@ -117,7 +139,7 @@ func openStore(ctx context.Context, path string, now func() time.Time, m *metric
 	ro.SetMaxOpenConns(8)
 	ro.SetMaxIdleConns(8)
 
-	s := &store{path: path, db: db, conn: conn, ro: ro, now: now, metrics: m, fleet: newFleet()}
+	s := &store{path: path, db: db, conn: conn, ckpt: ckpt, ro: ro, now: now, metrics: m, fleet: newFleet()}
 	s.reports = newReportQueue()
 	if err := s.migrate(ctx); err != nil {
 		s.close()
@@ -198,11 +220,35 @@ func (s *store) close() error {
 		err = fmt.Errorf("checkpoint database: %w", cerr)
 	}
 	s.ro.Close()
+	s.ckpt.Close()
 	s.conn.Close()
 	if cerr := s.db.Close(); cerr != nil && err == nil {
 		err = fmt.Errorf("close database: %w", cerr)
 	}
 	return err
+}
+
+// checkpointInterval is how often runCheckpointer copies the WAL into the
+// database file.
+const checkpointInterval = time.Second
+
+// runCheckpointer runs a PASSIVE checkpoint every interval until ctx ends.
+// A passive checkpoint never waits for the writer or for readers; it copies
+// what it can, and the WAL is reused from the start once all of it has been
+// copied. close runs the final, truncating checkpoint.
+func (s *store) runCheckpointer(ctx context.Context, interval time.Duration, log *slog.Logger) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if _, err := s.ckpt.ExecContext(ctx, "PRAGMA wal_checkpoint(PASSIVE)"); err != nil && ctx.Err() == nil {
+			log.Warn("wal checkpoint failed", "err", err)
+		}
+	}
 }
 
 // isBusy reports whether err is SQLITE_BUSY (another process holds the write
@@ -253,6 +299,11 @@ func (s *store) write(ctx context.Context, fn func(tx *txn) error) error {
 // begin starts a write transaction; the caller holds s.mu.
 func (s *store) begin(ctx context.Context) (*txn, error) {
 	if _, err := s.conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		// The driver reports a context that ends during the call as an error
+		// even when BEGIN itself succeeded. Roll back (a no-op otherwise) so
+		// that the writer is never left inside a transaction, which would fail
+		// every later write with "cannot start a transaction within a transaction".
+		s.conn.ExecContext(context.Background(), "ROLLBACK")
 		return nil, fmt.Errorf("begin transaction: %w", err)
 	}
 	return &txn{Conn: s.conn, ctx: ctx, s: s, now: s.now().UnixMilli(), machines: map[string]*machineRec{}}, nil
