@@ -134,21 +134,31 @@ const (
 	healthSkipped   = "skipped"
 )
 
-// classify evaluates one machine of a batch attempt (§9.5, rows 2–4): desired
-// is the release store path; reports are the fresh reports in arrival order.
-// Row 1 (skipped) and row 5 (timeout) are the caller's.
-func classify(desired string, reports []evidence) (health, reason string) {
-	var neg, pos, last *evidence
-	for i := range reports {
-		r := &reports[i]
-		last = r
-		if !r.success || r.hasHealth && r.generation == desired && !r.allPassed {
-			neg = r
-		}
-		if r.generation == desired && r.success && r.hasHealth && r.allPassed {
-			pos = r
-		}
+// evidenceSummary is what classification needs of a machine's fresh
+// reports: the latest negative, the latest positive and the latest report.
+// Reports are folded in arrival order, so a summary can be kept up to date
+// with only the reports that arrived since it was last updated.
+type evidenceSummary struct {
+	neg, pos, last *evidence
+}
+
+// add folds the next report (in arrival order) into the summary; desired is
+// the machine's release store path, D.
+func (s *evidenceSummary) add(desired string, r evidence) {
+	s.last = &r
+	if !r.success || r.hasHealth && r.generation == desired && !r.allPassed {
+		s.neg = &r
 	}
+	if r.generation == desired && r.success && r.hasHealth && r.allPassed {
+		s.pos = &r
+	}
+}
+
+// classify evaluates one machine of a batch attempt (§9.5, rows 2–4) from the
+// summary of its fresh reports. Row 1 (skipped) and row 5 (timeout) are the
+// caller's.
+func (s *evidenceSummary) classify(desired string) (health, reason string) {
+	neg, pos, last := s.neg, s.pos, s.last
 	switch {
 	case neg != nil && (pos == nil || pos.id < neg.id):
 		switch {
@@ -163,6 +173,16 @@ func classify(desired string, reports []evidence) (health, reason string) {
 		return healthHealthy, ""
 	}
 	return healthPending, ""
+}
+
+// classify evaluates one machine from its fresh reports in arrival order:
+// desired is the release store path.
+func classify(desired string, reports []evidence) (health, reason string) {
+	var s evidenceSummary
+	for _, r := range reports {
+		s.add(desired, r)
+	}
+	return s.classify(desired)
 }
 
 // rolloutRow is a rollout as stored.
@@ -488,6 +508,8 @@ type executor struct {
 	now    func() time.Time
 	wakeCh chan struct{}
 	passMu sync.Mutex // one pass at a time
+
+	evidence evidenceCache
 }
 
 func newExecutor(st *store, m *metrics, log *slog.Logger, now func() time.Time) *executor {
@@ -540,6 +562,7 @@ func (e *executor) pass(ctx context.Context) {
 		}
 	}
 	rows.Close()
+	e.evidence.retain(ids)
 	for _, id := range ids {
 		if ctx.Err() != nil {
 			return
@@ -572,7 +595,7 @@ type stepSnapshot struct {
 	batches []batchRow
 	cur     int // index into batches, -1 when none is unfinished
 	members []memberRow
-	reports map[string][]evidence
+	sums    map[string]*evidenceSummary // by machine: the batch attempt's fresh reports
 }
 
 // step applies the next step of one rollout (§9.3): deploy the current batch,
@@ -598,11 +621,7 @@ func (e *executor) step(ctx context.Context, rid string) (bool, error) {
 		if snap.cur < 0 || snap.batches[snap.cur].Status == "pending" {
 			return nil
 		}
-		b := snap.batches[snap.cur]
-		if snap.members, err = loadMembers(ctx, tx, rid, b.Index); err != nil {
-			return err
-		}
-		snap.reports, err = freshEvidence(ctx, tx, rid, b.Index, *b.StartedAt)
+		snap.members, snap.sums, err = e.evidence.update(ctx, tx, snap.r, snap.batches[snap.cur])
 		return err
 	})
 	var ae *apiError
@@ -629,30 +648,154 @@ func (e *executor) step(ctx context.Context, rid string) (bool, error) {
 	return e.evaluate(ctx, &snap, now)
 }
 
-// freshEvidence loads the reports received since the batch attempt started,
-// for every machine of the batch, in arrival order: one indexed query.
-func freshEvidence(ctx context.Context, q queryer, rid string, batch int, since int64) (map[string][]evidence, error) {
-	rows, err := q.QueryContext(ctx, `SELECT r.machine_id, r.id, r.generation, r.success, r.message,
-			h.all_passed IS NOT NULL, coalesce(h.all_passed, 0), coalesce(h.failed_checks, '')
-		FROM rollout_machine rm
-		JOIN report r ON r.machine_id = rm.machine_id AND r.received_at >= ?
-		LEFT JOIN health_report h ON h.report_id = r.id
-		WHERE rm.rollout_id = ? AND rm.batch_index = ?
-		ORDER BY r.id`, since, rid, batch)
+// evidenceCache keeps, per rollout, what evaluating the batch under
+// evaluation needs: its machines with their stored health (valid for one
+// version of the rollout), and the summaries of their fresh reports with the
+// highest report id folded into them. Each pass then reads only the reports
+// that arrived since the previous one, and the machines only when someone
+// else changed the rollout, so a pass over a large batch costs O(new
+// reports) reads plus an O(batch) loop in memory. It holds facts (reports
+// are append-only) and rows checked against the version that every write
+// bumps; statuses are re-read by every step, and an empty cache (after a
+// restart) is rebuilt from the database.
+type evidenceCache struct {
+	mu      sync.Mutex
+	batches map[string]*batchEvidence // by rollout id
+}
+
+type batchEvidence struct {
+	batchID   string
+	startedAt int64 // the batch attempt; a resume starts a new one
+	hwm       int64 // every report with a higher id is still to be folded in
+	sums      map[string]*evidenceSummary
+	version   int64 // the rollout version members is valid for; -1: reload
+	members   []memberRow
+}
+
+// update brings the cached machines and summaries of batch b of rollout r
+// up to date, reading through q (the step's read transaction), and returns
+// them; the caller must not modify them.
+func (c *evidenceCache) update(ctx context.Context, q queryer, r *rolloutRow, b batchRow) ([]memberRow, map[string]*evidenceSummary, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.batches == nil {
+		c.batches = map[string]*batchEvidence{}
+	}
+	rid := r.ID
+	be := c.batches[rid]
+	fresh := be == nil || be.batchID != b.ID || be.startedAt != *b.StartedAt
+	if fresh {
+		be = &batchEvidence{batchID: b.ID, startedAt: *b.StartedAt, sums: map[string]*evidenceSummary{}, version: -1}
+		c.batches[rid] = be
+	}
+	if be.version != r.Version {
+		members, err := loadMembers(ctx, q, rid, b.Index)
+		if err != nil {
+			return nil, nil, err
+		}
+		be.members, be.version = members, r.Version
+	}
+	desired := make(map[string]string, len(be.members))
+	for _, m := range be.members {
+		desired[m.MachineID] = m.StorePath
+	}
+	var rows *sql.Rows
+	var err error
+	if fresh {
+		// A new batch attempt: read every fresh report of its machines
+		// (indexed by machine and receive time), and remember the highest
+		// report id of the snapshot. Ids are assigned by the single writer in
+		// commit order, so any report not visible now will have a higher id.
+		if err := q.QueryRowContext(ctx, "SELECT coalesce(max(id), 0) FROM report").Scan(&be.hwm); err != nil {
+			delete(c.batches, rid)
+			return nil, nil, fmt.Errorf("load fresh reports: %w", err)
+		}
+		rows, err = q.QueryContext(ctx, `SELECT r.machine_id, r.id, r.generation, r.success, r.message,
+				h.all_passed IS NOT NULL, coalesce(h.all_passed, 0), coalesce(h.failed_checks, '')
+			FROM rollout_machine rm
+			JOIN report r ON r.machine_id = rm.machine_id AND r.received_at >= ?
+			LEFT JOIN health_report h ON h.report_id = r.id
+			WHERE rm.rollout_id = ? AND rm.batch_index = ? AND r.id <= ?
+			ORDER BY r.id`, *b.StartedAt, rid, b.Index, be.hwm)
+	} else {
+		// The same attempt: only the reports that arrived since (a range of
+		// the report table's primary key), restricted to the batch's machines.
+		rows, err = q.QueryContext(ctx, `SELECT r.machine_id, r.id, r.generation, r.success, r.message,
+				h.all_passed IS NOT NULL, coalesce(h.all_passed, 0), coalesce(h.failed_checks, '')
+			FROM report r
+			JOIN rollout_machine rm ON rm.rollout_id = ? AND rm.machine_id = r.machine_id AND rm.batch_index = ?
+			LEFT JOIN health_report h ON h.report_id = r.id
+			WHERE r.id > ? AND r.received_at >= ?
+			ORDER BY r.id`, rid, b.Index, be.hwm, *b.StartedAt)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("load fresh reports: %w", err)
+		delete(c.batches, rid)
+		return nil, nil, fmt.Errorf("load fresh reports: %w", err)
 	}
 	defer rows.Close()
-	out := map[string][]evidence{}
 	for rows.Next() {
 		var id string
 		var ev evidence
 		if err := rows.Scan(&id, &ev.id, &ev.generation, &ev.success, &ev.message, &ev.hasHealth, &ev.allPassed, &ev.failedChecks); err != nil {
-			return nil, fmt.Errorf("load fresh reports: %w", err)
+			delete(c.batches, rid) // some reports may be folded in and others not
+			return nil, nil, fmt.Errorf("load fresh reports: %w", err)
 		}
-		out[id] = append(out[id], ev)
+		sum := be.sums[id]
+		if sum == nil {
+			sum = &evidenceSummary{}
+			be.sums[id] = sum
+		}
+		sum.add(desired[id], ev)
+		be.hwm = max(be.hwm, ev.id)
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		delete(c.batches, rid)
+		return nil, nil, fmt.Errorf("load fresh reports: %w", err)
+	}
+	return be.members, be.sums, nil
+}
+
+// wrote records that the executor's own write moved rollout rid from
+// version to version+1 and changed these machines' health, so the cached
+// machines stay valid without a reload. Anything else invalidates them.
+func (c *evidenceCache) wrote(rid string, version int64, changed []memberRow) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	be := c.batches[rid]
+	if be == nil || be.version != version {
+		return
+	}
+	byID := make(map[string]memberRow, len(changed))
+	for _, m := range changed {
+		byID[m.MachineID] = m
+	}
+	members := slices.Clone(be.members) // the previous slice may still be in use
+	for i, m := range members {
+		if ch, ok := byID[m.MachineID]; ok {
+			members[i].Health, members[i].Reason = ch.Health, ch.Reason
+		}
+	}
+	be.members, be.version = members, version+1
+}
+
+// forget drops the cached machines of rollout rid (its summaries stay valid).
+func (c *evidenceCache) forget(rid string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if be := c.batches[rid]; be != nil {
+		be.version = -1
+	}
+}
+
+// retain forgets the rollouts that are not in running.
+func (c *evidenceCache) retain(running []string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for rid := range c.batches {
+		if !slices.Contains(running, rid) {
+			delete(c.batches, rid)
+		}
+	}
 }
 
 // deploy is the Deploy step (§9.4): pending → deploying.
@@ -731,9 +874,23 @@ const (
 	outcomeFail    = "fail"
 )
 
-// evaluateBatch classifies every machine and decides the batch's fate; it is
-// a pure function of the snapshot and now (Unix ms).
+// evaluateBatch classifies every machine from its fresh reports and decides
+// the batch's fate; it is a pure function of the snapshot and now (Unix ms).
 func evaluateBatch(r *rolloutRow, b batchRow, members []memberRow, reports map[string][]evidence,
+	lifecycle func(string) string, now int64) verdict {
+	sums := map[string]*evidenceSummary{}
+	for _, mem := range members {
+		s := &evidenceSummary{}
+		for _, ev := range reports[mem.MachineID] {
+			s.add(mem.StorePath, ev)
+		}
+		sums[mem.MachineID] = s
+	}
+	return evaluateSummaries(r, b, members, sums, lifecycle, now)
+}
+
+// evaluateSummaries is evaluateBatch over the summaries of the fresh reports.
+func evaluateSummaries(r *rolloutRow, b batchRow, members []memberRow, sums map[string]*evidenceSummary,
 	lifecycle func(string) string, now int64) verdict {
 	v := verdict{health: map[string][2]string{}}
 	timedOut := now-*b.StartedAt >= r.HealthTimeout*1000
@@ -745,7 +902,10 @@ func evaluateBatch(r *rolloutRow, b batchRow, members []memberRow, reports map[s
 		case state == "decommissioned":
 			health, reason = healthSkipped, "skipped: lifecycle decommissioned"
 		default:
-			health, reason = classify(mem.StorePath, reports[mem.MachineID])
+			health, reason = healthPending, ""
+			if sum := sums[mem.MachineID]; sum != nil {
+				health, reason = sum.classify(mem.StorePath)
+			}
 			if health == healthPending && timedOut {
 				health, reason = healthUnhealthy, fmt.Sprintf("health timeout after %ds", r.HealthTimeout)
 				v.timedOut++
@@ -792,7 +952,7 @@ func (e *executor) evaluate(ctx context.Context, snap *stepSnapshot, now int64) 
 		}
 		return ""
 	}
-	v := evaluateBatch(r, b, snap.members, snap.reports, lifecycle, now)
+	v := evaluateSummaries(r, b, snap.members, snap.sums, lifecycle, now)
 	var changed []memberRow
 	for _, mem := range snap.members {
 		hr := v.health[mem.MachineID]
@@ -843,8 +1003,10 @@ func (e *executor) evaluate(ctx context.Context, snap *stepSnapshot, now int64) 
 		}
 	})
 	if err != nil {
+		e.evidence.forget(r.ID)
 		return false, err
 	}
+	e.evidence.wrote(r.ID, r.Version, changed)
 	return v.outcome != outcomeWait, nil
 }
 

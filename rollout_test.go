@@ -1763,11 +1763,11 @@ func TestExecutorCompareAndSwap(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		reports, err := freshEvidence(e.ctx, e.ts.st.ro, rid, 0, *bs[0].StartedAt)
+		_, sums, err := e.ts.exec.evidence.update(e.ctx, e.ts.st.ro, r, bs[0])
 		if err != nil {
 			t.Fatal(err)
 		}
-		snap := stepSnapshot{r: r, batches: bs, cur: 0, members: members, reports: reports}
+		snap := stepSnapshot{r: r, batches: bs, cur: 0, members: members, sums: sums}
 		expect(t, e.action(rid, "pause", nil), 200, "")
 		before, audits := e.detail(rid), auditCount(e)
 		if _, err := e.ts.exec.evaluate(e.ctx, &snap, e.ts.clock.now().UnixMilli()); !errors.Is(err, errStale) {
