@@ -378,7 +378,9 @@ func decode(w http.ResponseWriter, r *http.Request, limit int64, emptyOK bool, d
 		if errors.As(err, &mbe) {
 			return err
 		}
-		return badRequest("invalid JSON body: %v", err)
+		// A read error (timeout, connection reset) says nothing useful to the
+		// client and would echo addresses; keep the message fixed.
+		return badRequest("invalid JSON body: could not read the request body")
 	}
 	if err := unmarshalObject(buf.Bytes(), dst); err != nil {
 		return err
@@ -627,6 +629,29 @@ func parseTime(s string) (int64, error) {
 		return 0, errors.New("not an RFC 3339 timestamp")
 	}
 	return t.UnixMilli(), nil
+}
+
+// queryValues decodes the query string as url.ParseQuery does, except that a
+// pair it cannot decode (a bad %-escape, or a ';') keeps its raw key and value
+// instead of being dropped: dropping ?limit=%zz or ?lifecycle=x%zz would lift
+// the limit or widen the filter, while the raw value fails the parameter's
+// validation (400, §2.4) or matches nothing.
+func queryValues(r *http.Request) url.Values {
+	q := url.Values{}
+	for _, pair := range strings.Split(r.URL.RawQuery, "&") {
+		if pair == "" {
+			continue
+		}
+		k, v, _ := strings.Cut(pair, "=")
+		if dk, err := url.QueryUnescape(k); err == nil {
+			k = dk
+		}
+		if dv, err := url.QueryUnescape(v); err == nil {
+			v = dv
+		}
+		q[k] = append(q[k], v)
+	}
+	return q
 }
 
 // queryLimit parses the limit parameter (§2.4): absent gives def, a value

@@ -38,7 +38,7 @@ func parseAuditFilter(q url.Values, defLimit, maxLimit int) (auditFilter, error)
 
 // listAudit handles GET /api/v1/audit: newest first, paged with before.
 func (s *server) listAudit(w http.ResponseWriter, r *http.Request, _ *principal) error {
-	f, err := parseAuditFilter(r.URL.Query(), 100, 1000)
+	f, err := parseAuditFilter(queryValues(r), 100, 1000)
 	if err != nil {
 		return err
 	}
@@ -57,7 +57,7 @@ func (s *server) listAudit(w http.ResponseWriter, r *http.Request, _ *principal)
 // log takes longer than the server's WriteTimeout; once the first byte is
 // out, an error can only abort the connection.
 func (s *server) exportAudit(w http.ResponseWriter, r *http.Request, _ *principal) error {
-	f, err := parseAuditFilter(r.URL.Query(), 0, 0)
+	f, err := parseAuditFilter(queryValues(r), 0, 0)
 	if err != nil {
 		return err
 	}

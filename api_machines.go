@@ -48,7 +48,7 @@ func (m *machineRec) status(now int64) machineStatus {
 
 // listMachines handles GET /api/v1/machines, from the in-memory index.
 func (s *server) listMachines(w http.ResponseWriter, r *http.Request, _ *principal) error {
-	q := r.URL.Query()
+	q := queryValues(r)
 	tags, err := normalizeTags("tag", q["tag"])
 	if err != nil {
 		return err

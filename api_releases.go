@@ -216,7 +216,7 @@ func (s *store) readTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 // listReleases handles GET /api/v1/releases: newest first, ties broken by
 // creation order (later first).
 func (s *server) listReleases(w http.ResponseWriter, r *http.Request, _ *principal) error {
-	q := r.URL.Query()
+	q := queryValues(r)
 	limit, err := queryLimit(q, 20, 500)
 	if err != nil {
 		return err

@@ -412,7 +412,7 @@ func rolloutDetailOf(ctx context.Context, q queryer, r *rolloutRow, withEvents b
 
 // listRollouts handles GET /api/v1/rollouts: newest first, without events.
 func (s *server) listRollouts(w http.ResponseWriter, r *http.Request, _ *principal) error {
-	q := r.URL.Query()
+	q := queryValues(r)
 	limit, err := queryLimit(q, 100, 1000)
 	if err != nil {
 		return err
