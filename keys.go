@@ -53,13 +53,37 @@ func (s *store) keyByHash(ctx context.Context, hash string) (*apiKey, error) {
 	return k, err
 }
 
-// touchKey records that the key was used now, at most once a minute.
+// touchKey records that the key was used now, at most once a minute. It is
+// best effort and must never make a request wait: if the writer is busy (a
+// group commit, or another process holding the database write lock) it skips
+// the update, which the key's next request will retry.
 func (s *store) touchKey(ctx context.Context, id int64) error {
-	return s.write(ctx, func(tx *txn) error {
-		_, err := tx.ExecContext(tx.ctx, `UPDATE api_key SET last_used_at = ?
-			WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)`, tx.now, id, tx.now-60_000)
+	if !s.mu.TryLock() {
+		return nil
+	}
+	defer s.mu.Unlock()
+	// Fail at once instead of waiting out the busy timeout for another
+	// process's lock, then restore the timeout for the real writes.
+	if _, err := s.conn.ExecContext(ctx, "PRAGMA busy_timeout = 0"); err != nil {
 		return err
-	})
+	}
+	defer s.conn.ExecContext(context.Background(), "PRAGMA busy_timeout = 5000")
+	t, err := s.begin(ctx)
+	if isBusy(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := t.ExecContext(ctx, `UPDATE api_key SET last_used_at = ?
+		WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)`, t.now, id, t.now-60_000); err != nil {
+		t.rollback()
+		return err
+	}
+	if err := t.commit(); err != nil && !isBusy(err) {
+		return err
+	}
+	return nil
 }
 
 // countKeys returns the number of key rows, revoked and expired included.

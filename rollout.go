@@ -604,6 +604,9 @@ type stepSnapshot struct {
 // that checks, by compare-and-swap on the rollout's version, that nothing
 // changed since the snapshot was read.
 func (e *executor) step(ctx context.Context, rid string) (bool, error) {
+	// A step is never interrupted (§1.5): shutdown cancels ctx, and the pass
+	// stops between steps, but a step that has begun runs to its end.
+	ctx = context.WithoutCancel(ctx)
 	now := e.now().UnixMilli()
 	var snap stepSnapshot
 	err := e.st.readTx(ctx, func(tx *sql.Tx) error {

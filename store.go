@@ -232,10 +232,17 @@ func (s *store) close() error {
 // database file.
 const checkpointInterval = time.Second
 
+// walLimit is the WAL size above which the checkpointer pauses the writer
+// to truncate the WAL.
+const walLimit = 64 << 20
+
 // runCheckpointer runs a PASSIVE checkpoint every interval until ctx ends.
 // A passive checkpoint never waits for the writer or for readers; it copies
-// what it can, and the WAL is reused from the start once all of it has been
-// copied. close runs the final, truncating checkpoint.
+// what it can. Under continuous writes the WAL never gets a quiet moment in
+// which SQLite can start it over, so once it passes walLimit the
+// checkpointer takes the write lock for one TRUNCATE checkpoint: the passive
+// ones have already copied almost everything, so the pause is short. close
+// runs the final, truncating checkpoint.
 func (s *store) runCheckpointer(ctx context.Context, interval time.Duration, log *slog.Logger) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -247,6 +254,15 @@ func (s *store) runCheckpointer(ctx context.Context, interval time.Duration, log
 		}
 		if _, err := s.ckpt.ExecContext(ctx, "PRAGMA wal_checkpoint(PASSIVE)"); err != nil && ctx.Err() == nil {
 			log.Warn("wal checkpoint failed", "err", err)
+			continue
+		}
+		if fi, err := os.Stat(s.path + "-wal"); err == nil && fi.Size() > walLimit {
+			s.mu.Lock()
+			_, err := s.ckpt.ExecContext(ctx, "PRAGMA wal_checkpoint(TRUNCATE)")
+			s.mu.Unlock()
+			if err != nil && ctx.Err() == nil {
+				log.Warn("wal checkpoint failed", "err", err)
+			}
 		}
 	}
 }
