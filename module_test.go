@@ -426,8 +426,7 @@ type moduleFlags struct {
 }
 
 func moduleFlagsOf(c serveConfig) moduleFlags {
-	return moduleFlags{c.listen, c.dbPath, c.tlsCert, c.tlsKey, c.clientCA, c.executorInterval, c.reportRetention,
-		c.logLevel, c.bootstrapTokenFile}
+	return moduleFlags(c) // a conversion: it stops compiling if a field is added to one and not the other
 }
 
 // defaultModuleFlags is what the daemon sees from the module's defaults.

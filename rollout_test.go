@@ -169,16 +169,6 @@ func rtMachineHealth(t testing.TB, d rolloutDetail, m string) string {
 	return ""
 }
 
-// rtBatchOf returns the index of the batch that holds machine m.
-func rtBatchOf(d createRolloutResponse, m string) int {
-	for _, b := range d.Batches {
-		if slices.Contains(b.MachineIDs, m) {
-			return b.BatchIndex
-		}
-	}
-	return -1
-}
-
 // rtBatchStatuses returns the batch statuses in index order.
 func rtBatchStatuses(d rolloutDetail) []string {
 	var out []string
