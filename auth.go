@@ -20,27 +20,13 @@ import (
 // error names the file at fault. With caFile set, every connection must
 // present a client certificate that chains to one of its certificates (mTLS).
 func loadTLSConfig(certFile, keyFile, caFile string) (*tls.Config, error) {
-	certPEM, err := os.ReadFile(certFile)
+	certs, err := readPEMCertificates("TLS certificate", certFile)
 	if err != nil {
-		return nil, fmt.Errorf("read TLS certificate %s: %w", certFile, err)
+		return nil, err
 	}
 	var chain [][]byte
-	for rest := certPEM; ; {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			break
-		}
-		if b.Type != "CERTIFICATE" {
-			continue
-		}
-		if _, err := x509.ParseCertificate(b.Bytes); err != nil {
-			return nil, fmt.Errorf("TLS certificate %s: %w", certFile, err)
-		}
-		chain = append(chain, b.Bytes)
-	}
-	if len(chain) == 0 {
-		return nil, fmt.Errorf("TLS certificate %s: no PEM certificate found", certFile)
+	for _, c := range certs {
+		chain = append(chain, c.Raw)
 	}
 	keyPEM, err := os.ReadFile(keyFile)
 	if err != nil {
@@ -82,30 +68,13 @@ func loadTLSConfig(certFile, keyFile, caFile string) (*tls.Config, error) {
 		ClientAuth: tls.NoClientCert,
 	}
 	if caFile != "" {
-		caPEM, err := os.ReadFile(caFile)
+		cas, err := readPEMCertificates("client CA", caFile)
 		if err != nil {
-			return nil, fmt.Errorf("read client CA %s: %w", caFile, err)
+			return nil, err
 		}
 		pool := x509.NewCertPool()
-		n := 0
-		for rest := caPEM; ; {
-			var b *pem.Block
-			b, rest = pem.Decode(rest)
-			if b == nil {
-				break
-			}
-			if b.Type != "CERTIFICATE" {
-				continue
-			}
-			c, err := x509.ParseCertificate(b.Bytes)
-			if err != nil {
-				return nil, fmt.Errorf("client CA %s: %w", caFile, err)
-			}
+		for _, c := range cas {
 			pool.AddCert(c)
-			n++
-		}
-		if n == 0 {
-			return nil, fmt.Errorf("client CA %s: no PEM certificate found", caFile)
 		}
 		cfg.ClientCAs = pool
 		// The handshake fails without a certificate that chains to the bundle,
@@ -115,6 +84,35 @@ func loadTLSConfig(certFile, keyFile, caFile string) (*tls.Config, error) {
 		cfg.ClientAuth = tls.RequireAndVerifyClientCert
 	}
 	return cfg, nil
+}
+
+// readPEMCertificates parses every CERTIFICATE block of a PEM file; what
+// names the file in errors. A file without any certificate is an error.
+func readPEMCertificates(what, path string) ([]*x509.Certificate, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read %s %s: %w", what, path, err)
+	}
+	var certs []*x509.Certificate
+	for rest := data; ; {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("%s %s: %w", what, path, err)
+		}
+		certs = append(certs, c)
+	}
+	if len(certs) == 0 {
+		return nil, fmt.Errorf("%s %s: no PEM certificate found", what, path)
+	}
+	return certs, nil
 }
 
 var oidCommonName = asn1.ObjectIdentifier{2, 5, 4, 3}
