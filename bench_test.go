@@ -20,6 +20,13 @@ import (
 // many concurrent clients over keep-alive connections (one shared transport).
 // ns/op is wall time per committed report; reports/s is the throughput.
 func BenchmarkReportIngestion(b *testing.B) {
+	b.Run("up-to-date", func(b *testing.B) { benchmarkReportIngestion(b, false) })
+	b.Run("health-check", func(b *testing.B) { benchmarkReportIngestion(b, true) })
+}
+
+// benchmarkReportIngestion posts "up-to-date" reports, or with health the
+// agent's periodic "health-check" reports that also store a health record.
+func benchmarkReportIngestion(b *testing.B, health bool) {
 	const machines = 1000
 	rs := startRun(b, nil) // plain mode, info logging, default timeouts
 	tr := &http.Transport{MaxIdleConns: 1024, MaxIdleConnsPerHost: 1024, IdleConnTimeout: 90 * time.Second}
@@ -32,6 +39,9 @@ func BenchmarkReportIngestion(b *testing.B) {
 		id := fmt.Sprintf("bench-%04d", i)
 		urls[i] = rs.url + "/api/v1/machines/" + id + "/report"
 		body := reportBody(id, storePath('a', "nixos-system-"+id), true, "up-to-date")
+		if health {
+			body = healthBody(id, storePath('a', "nixos-system-"+id))
+		}
 		body["tags"] = []string{"bench", fmt.Sprintf("rack-%d", i%10)}
 		bodies[i], _ = json.Marshal(body)
 	}
