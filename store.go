@@ -110,13 +110,15 @@ func openStore(ctx context.Context, path string, now func() time.Time, m *metric
 		db.Close()
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
-	// The writer never checkpoints itself: runCheckpointer copies the WAL into
-	// the database file from its own connection, on the other core, instead
-	// of inside a commit that reports are waiting for. A larger page cache
-	// keeps the indexes of a big fleet in memory.
+	// runCheckpointer copies the WAL into the database file from its own
+	// connection, on the other core, so the writer's own automatic checkpoint
+	// (needed to start the WAL over: a checkpoint beside a busy writer never
+	// catches up with it) has little left to copy inside a commit that
+	// reports are waiting for. A larger page cache keeps the indexes of a big
+	// fleet in memory.
 	ckpt, err := db.Conn(ctx)
 	if err == nil {
-		_, err = conn.ExecContext(ctx, "PRAGMA wal_autocheckpoint = 0")
+		_, err = conn.ExecContext(ctx, "PRAGMA wal_autocheckpoint = 4000") // pages: about 16 MiB
 	}
 	if err == nil {
 		_, err = conn.ExecContext(ctx, "PRAGMA cache_size = -65536") // KiB
@@ -230,19 +232,11 @@ func (s *store) close() error {
 
 // checkpointInterval is how often runCheckpointer copies the WAL into the
 // database file.
-const checkpointInterval = time.Second
-
-// walLimit is the WAL size above which the checkpointer pauses the writer
-// to truncate the WAL.
-const walLimit = 64 << 20
+const checkpointInterval = 500 * time.Millisecond
 
 // runCheckpointer runs a PASSIVE checkpoint every interval until ctx ends.
 // A passive checkpoint never waits for the writer or for readers; it copies
-// what it can. Under continuous writes the WAL never gets a quiet moment in
-// which SQLite can start it over, so once it passes walLimit the
-// checkpointer takes the write lock for one TRUNCATE checkpoint: the passive
-// ones have already copied almost everything, so the pause is short. close
-// runs the final, truncating checkpoint.
+// what it can. close runs the final, truncating checkpoint.
 func (s *store) runCheckpointer(ctx context.Context, interval time.Duration, log *slog.Logger) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -254,15 +248,6 @@ func (s *store) runCheckpointer(ctx context.Context, interval time.Duration, log
 		}
 		if _, err := s.ckpt.ExecContext(ctx, "PRAGMA wal_checkpoint(PASSIVE)"); err != nil && ctx.Err() == nil {
 			log.Warn("wal checkpoint failed", "err", err)
-			continue
-		}
-		if fi, err := os.Stat(s.path + "-wal"); err == nil && fi.Size() > walLimit {
-			s.mu.Lock()
-			_, err := s.ckpt.ExecContext(ctx, "PRAGMA wal_checkpoint(TRUNCATE)")
-			s.mu.Unlock()
-			if err != nil && ctx.Err() == nil {
-				log.Warn("wal checkpoint failed", "err", err)
-			}
 		}
 	}
 }
