@@ -118,25 +118,27 @@ func (s *server) routeTable() []*route {
 	return rs
 }
 
+// pathParam is a decoded wildcard of a matched route.
+type pathParam struct{ name, value string }
+
 // matchPath reports whether the request path segments match the route's
-// pattern and returns the decoded wildcard values.
-func (rt *route) matchPath(segs []string) (map[string]string, bool) {
+// pattern and returns the decoded wildcard values (at most two per route).
+func (rt *route) matchPath(segs []string) ([2]pathParam, bool) {
+	var params [2]pathParam
 	if len(segs) != len(rt.segs) {
-		return nil, false
+		return params, false
 	}
-	var params map[string]string
+	n := 0
 	for i, p := range rt.segs {
 		if strings.HasPrefix(p, "{") {
 			v, err := url.PathUnescape(segs[i])
-			if err != nil || v == "" {
-				return nil, false
+			if err != nil || v == "" || n == len(params) {
+				return params, false
 			}
-			if params == nil {
-				params = map[string]string{}
-			}
-			params[p[1:len(p)-1]] = v
+			params[n] = pathParam{p[1 : len(p)-1], v}
+			n++
 		} else if segs[i] != p {
-			return nil, false
+			return params, false
 		}
 	}
 	return params, true
@@ -207,7 +209,7 @@ func (s *server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 
 	segs := strings.Split(r.URL.EscapedPath(), "/")
 	var matched *route
-	var params map[string]string
+	var params [2]pathParam
 	var allow []string
 	needsKey := false
 	for _, rt := range s.routes {
@@ -244,8 +246,10 @@ func (s *server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	label = matched.pattern
-	for k, v := range params {
-		r.SetPathValue(k, v)
+	for _, p := range params {
+		if p.name != "" {
+			r.SetPathValue(p.name, p.value)
+		}
 	}
 	p, err := s.authorize(r, matched)
 	if err == nil {
@@ -437,8 +441,10 @@ func plainKeys(b []byte) bool {
 		object bool
 		keys   int // index in keys where this object's keys start
 	}
-	var stack []frame
-	var keys [][]byte // the keys of the open objects, innermost last
+	var stackBuf [16]frame
+	var keysBuf [32][]byte
+	stack := stackBuf[:0] // grows past the array only for deep or wide bodies
+	keys := keysBuf[:0]   // the keys of the open objects, innermost last
 	expectKey := false
 	for i := 0; i < len(b); i++ {
 		switch c := b[i]; c {

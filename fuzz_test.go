@@ -473,8 +473,8 @@ func FuzzMachineID(f *testing.F) {
 		if s != "" {
 			path := "/api/v1/machines/" + url.PathEscape(s) + "/report"
 			params, ok := rt.matchPath(strings.Split(path, "/"))
-			if !ok || params["id"] != s {
-				t.Fatalf("route %q matched=%v id=%q, want %q", path, ok, params["id"], s)
+			if !ok || params[0].name != "id" || params[0].value != s {
+				t.Fatalf("route %q matched=%v id=%q, want %q", path, ok, params[0].value, s)
 			}
 		}
 	})
