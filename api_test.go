@@ -78,7 +78,7 @@ func apiSend(t testing.TB, c *http.Client, method, url, key, contentType string,
 	if key != "" {
 		req.Header.Set("Authorization", "Bearer "+key)
 	}
-	return mtSend(t, c, req)
+	return send(t, c, req)
 }
 
 // apiRaw writes a raw HTTP/1.1 request on a new connection and reads the
@@ -657,7 +657,7 @@ func TestErrorBodies(t *testing.T) {
 	for _, h := range []string{"nfk-x", "Basic dXNlcjpwYXNz", "bearer " + f.A, "Bearer  " + f.A, "Bearer ", "Bearer"} {
 		req, _ := http.NewRequest("GET", f.url+"/api/v1/machines", nil)
 		req.Header.Set("Authorization", h)
-		expect(t, mtSend(t, f.c, req), 401, "")
+		expect(t, send(t, f.c, req), 401, "")
 	}
 }
 

@@ -40,16 +40,7 @@ func authSend(t testing.TB, c *http.Client, method, url string, hdr map[string]s
 	for k, v := range hdr {
 		req.Header.Set(k, v)
 	}
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return response{status: resp.StatusCode, header: resp.Header, body: b}
+	return send(t, c, req)
 }
 
 // authExpect401 checks a 401 with its message and the WWW-Authenticate header

@@ -433,9 +433,15 @@ func do(t testing.TB, c *http.Client, method, url, key string, body any) respons
 	if key != "" {
 		req.Header.Set("Authorization", "Bearer "+key)
 	}
+	return send(t, c, req)
+}
+
+// send performs req and reads the whole response.
+func send(t testing.TB, c *http.Client, req *http.Request) response {
+	t.Helper()
 	resp, err := c.Do(req)
 	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
+		t.Fatalf("%s %s: %v", req.Method, req.URL, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)

@@ -12,7 +12,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os/exec"
 	"path/filepath"
@@ -230,21 +229,7 @@ func mtRawPost(t testing.TB, c *http.Client, url, contentType, body string) resp
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
-	return mtSend(t, c, req)
-}
-
-func mtSend(t testing.TB, c *http.Client, req *http.Request) response {
-	t.Helper()
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", req.Method, req.URL, err)
-	}
-	defer resp.Body.Close()
-	buf, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return response{status: resp.StatusCode, header: resp.Header, body: buf}
+	return send(t, c, req)
 }
 
 // TestBootstrapConcurrent covers ACC-17: 20 concurrent bootstraps on an empty

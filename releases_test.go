@@ -67,16 +67,7 @@ func accDoRaw(t testing.TB, c *http.Client, method, url, key, contentType string
 	if key != "" {
 		req.Header.Set("Authorization", "Bearer "+key)
 	}
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return response{status: resp.StatusCode, header: resp.Header, body: b}
+	return send(t, c, req)
 }
 
 // relEntry is one release entry of a request.
