@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,7 +11,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
-	"reflect"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
@@ -20,44 +19,21 @@ import (
 	"unicode/utf8"
 )
 
+// The HTTP layer: every route in one block (routes), the request pipeline
+// (instrument → authorize → handler), decode and the response writers, and
+// errorStatus, the one place where errors become HTTP statuses. Handlers
+// are thin: authorize, decode, call one controlPlane function, encode.
+
 // server holds what the HTTP handlers need.
 type server struct {
-	st             *store
-	fleet          *fleet
+	cp             *controlPlane
 	m              *metrics
 	log            *slog.Logger
-	now            func() time.Time
 	mode           string // plain, tls or mtls
 	bootstrapToken string // empty: no token required
-	retention      time.Duration
-	exec           *executor
-	routes         []*route
-}
-
-type serverOptions struct {
-	now            func() time.Time
-	mode           string
-	bootstrapToken string
-	retention      time.Duration
-}
-
-// newServer builds the server over an opened store and initialises the
-// metrics that are derived from the database.
-func newServer(ctx context.Context, st *store, m *metrics, log *slog.Logger, o serverOptions) (*server, error) {
-	s := &server{
-		st: st, fleet: st.fleet, m: m, log: log, now: o.now, mode: o.mode,
-		bootstrapToken: o.bootstrapToken, retention: o.retention,
-	}
-	m.fleet = st.fleet
-	n, err := st.countActiveRollouts(ctx, st.ro)
-	if err != nil {
-		return nil, fmt.Errorf("count active rollouts: %w", err)
-	}
-	m.rolloutsActive.Store(n)
-	s.exec = newExecutor(st, m, log, o.now)
-	st.onWatchedReport = s.exec.wake
-	s.routes = s.routeTable()
-	return s, nil
+	mux            *http.ServeMux
+	patterns       []string          // every route pattern, in the order of routes
+	access         map[string]access // by route pattern: who may call it
 }
 
 // access is who may call a route.
@@ -71,82 +47,140 @@ const (
 	adminRole                // admin key
 )
 
-// route is one entry of the route table.
-type route struct {
-	method  string
-	pattern string   // as written in the spec's route table; also the metrics path label
-	segs    []string // pattern split on "/"; "{name}" segments are wildcards
-	access  access
-	handle  func(w http.ResponseWriter, r *http.Request, p *principal) error
+// handlerFunc is a route's handler: it writes a success itself and returns
+// any error for errorStatus to answer.
+type handlerFunc func(w http.ResponseWriter, r *http.Request, p *principal) error
+
+// routes registers every route of SPEC §4.1, in one place. The pattern after
+// the method is also the route's metrics path label.
+func (s *server) routes() {
+	s.handle("GET /health", public, s.health)
+	s.handle("GET /metrics", public, s.metricsPage)
+	s.handle("POST /api/v1/keys/bootstrap", public, s.bootstrap)
+	s.handle("GET /api/v1/machines/{id}/desired-generation", agent, s.desiredGeneration)
+	s.handle("POST /api/v1/machines/{id}/report", agent, s.report)
+	s.handle("GET /api/v1/machines", anyRole, s.listMachines)
+	s.handle("POST /api/v1/machines/{id}/register", adminRole, s.register)
+	s.handle("PATCH /api/v1/machines/{id}/lifecycle", adminRole, s.patchLifecycle)
+	s.handle("PUT /api/v1/machines/{id}/tags", adminRole, s.putTags)
+	s.handle("DELETE /api/v1/machines/{id}/desired-generation", adminRole, s.clearDesired)
+	s.handle("POST /api/v1/machines/{id}/notify-deploy", deployRole, s.notifyDeploy)
+	s.handle("POST /api/v1/releases", deployRole, s.createRelease)
+	s.handle("GET /api/v1/releases", anyRole, s.listReleases)
+	s.handle("GET /api/v1/releases/{id}", anyRole, s.getRelease)
+	s.handle("DELETE /api/v1/releases/{id}", adminRole, s.deleteRelease)
+	s.handle("GET /api/v1/releases/{id}/diff/{other_id}", anyRole, s.diffReleases)
+	s.handle("POST /api/v1/rollouts", deployRole, s.createRollout)
+	s.handle("GET /api/v1/rollouts", anyRole, s.listRollouts)
+	s.handle("GET /api/v1/rollouts/{id}", anyRole, s.getRollout)
+	s.handle("DELETE /api/v1/rollouts/{id}", adminRole, s.deleteRollout)
+	s.handle("POST /api/v1/rollouts/{id}/pause", deployRole, s.pauseRollout)
+	s.handle("POST /api/v1/rollouts/{id}/resume", deployRole, s.resumeRollout)
+	s.handle("POST /api/v1/rollouts/{id}/cancel", deployRole, s.cancelRollout)
+	s.handle("GET /api/v1/audit", anyRole, s.listAudit)
+	s.handle("GET /api/v1/audit/export", anyRole, s.exportAudit)
+	s.handle("POST /api/v1/keys", adminRole, s.createKey)
+	s.handle("GET /api/v1/keys", adminRole, s.listKeys)
+	s.handle("DELETE /api/v1/keys/{id}", adminRole, s.revokeKey)
 }
 
-// routeTable lists every route (SPEC §4.1), in one place.
-func (s *server) routeTable() []*route {
-	rs := []*route{
-		{method: "GET", pattern: "/health", access: public, handle: s.health},
-		{method: "GET", pattern: "/metrics", access: public, handle: s.metricsPage},
-		{method: "POST", pattern: "/api/v1/keys/bootstrap", access: public, handle: s.bootstrap},
-		{method: "GET", pattern: "/api/v1/machines/{id}/desired-generation", access: agent, handle: s.desiredGeneration},
-		{method: "POST", pattern: "/api/v1/machines/{id}/report", access: agent, handle: s.report},
-		{method: "GET", pattern: "/api/v1/machines", access: anyRole, handle: s.listMachines},
-		{method: "POST", pattern: "/api/v1/machines/{id}/register", access: adminRole, handle: s.register},
-		{method: "PATCH", pattern: "/api/v1/machines/{id}/lifecycle", access: adminRole, handle: s.patchLifecycle},
-		{method: "PUT", pattern: "/api/v1/machines/{id}/tags", access: adminRole, handle: s.putTags},
-		{method: "DELETE", pattern: "/api/v1/machines/{id}/desired-generation", access: adminRole, handle: s.clearDesired},
-		{method: "POST", pattern: "/api/v1/machines/{id}/notify-deploy", access: deployRole, handle: s.notifyDeploy},
-		{method: "POST", pattern: "/api/v1/releases", access: deployRole, handle: s.createRelease},
-		{method: "GET", pattern: "/api/v1/releases", access: anyRole, handle: s.listReleases},
-		{method: "GET", pattern: "/api/v1/releases/{id}", access: anyRole, handle: s.getRelease},
-		{method: "DELETE", pattern: "/api/v1/releases/{id}", access: adminRole, handle: s.deleteRelease},
-		{method: "GET", pattern: "/api/v1/releases/{id}/diff/{other_id}", access: anyRole, handle: s.diffReleases},
-		{method: "POST", pattern: "/api/v1/rollouts", access: deployRole, handle: s.createRollout},
-		{method: "GET", pattern: "/api/v1/rollouts", access: anyRole, handle: s.listRollouts},
-		{method: "GET", pattern: "/api/v1/rollouts/{id}", access: anyRole, handle: s.getRollout},
-		{method: "DELETE", pattern: "/api/v1/rollouts/{id}", access: adminRole, handle: s.deleteRollout},
-		{method: "POST", pattern: "/api/v1/rollouts/{id}/pause", access: deployRole, handle: s.pauseRollout},
-		{method: "POST", pattern: "/api/v1/rollouts/{id}/resume", access: deployRole, handle: s.resumeRollout},
-		{method: "POST", pattern: "/api/v1/rollouts/{id}/cancel", access: deployRole, handle: s.cancelRollout},
-		{method: "GET", pattern: "/api/v1/audit", access: anyRole, handle: s.listAudit},
-		{method: "GET", pattern: "/api/v1/audit/export", access: anyRole, handle: s.exportAudit},
-		{method: "POST", pattern: "/api/v1/keys", access: adminRole, handle: s.createKey},
-		{method: "GET", pattern: "/api/v1/keys", access: adminRole, handle: s.listKeys},
-		{method: "DELETE", pattern: "/api/v1/keys/{id}", access: adminRole, handle: s.revokeKey},
-	}
-	for _, rt := range rs {
-		rt.segs = strings.Split(rt.pattern, "/")
-	}
-	return rs
+// newServer builds the HTTP layer over the control plane.
+func newServer(cp *controlPlane, m *metrics, log *slog.Logger, mode, bootstrapToken string) *server {
+	s := &server{cp: cp, m: m, log: log, mode: mode, bootstrapToken: bootstrapToken,
+		mux: http.NewServeMux(), access: map[string]access{}}
+	s.routes()
+	return s
 }
 
-// pathParam is a decoded wildcard of a matched route.
-type pathParam struct{ name, value string }
-
-// matchPath reports whether the request path segments match the route's
-// pattern and returns the decoded wildcard values (at most two per route).
-func (rt *route) matchPath(segs []string) ([2]pathParam, bool) {
-	var params [2]pathParam
-	if len(segs) != len(rt.segs) {
-		return params, false
-	}
-	n := 0
-	for i, p := range rt.segs {
-		if strings.HasPrefix(p, "{") {
-			v, err := url.PathUnescape(segs[i])
-			if err != nil || v == "" || n == len(params) {
-				return params, false
-			}
-			params[n] = pathParam{p[1 : len(p)-1], v}
-			n++
-		} else if segs[i] != p {
-			return params, false
+// handle registers one route: the request is authorized for acc, then h runs;
+// an error h returns is answered by writeError.
+func (s *server) handle(pattern string, acc access, h handlerFunc) {
+	_, path, _ := strings.Cut(pattern, " ")
+	s.patterns = append(s.patterns, pattern)
+	s.access[pattern] = acc
+	s.mux.Handle(pattern, s.instrument(path, func(w http.ResponseWriter, r *http.Request) {
+		p, err := s.authorize(r, acc)
+		if err == nil {
+			err = h(w, r, p)
 		}
-	}
-	return params, true
+		if err != nil {
+			s.writeError(w, r, err)
+		}
+	}))
 }
 
-// handler returns the root HTTP handler: routing, authentication, metrics,
-// request logging and panic recovery around every route.
-func (s *server) handler() http.Handler { return http.HandlerFunc(s.serveHTTP) }
+// handler returns the root HTTP handler. A request that matches a route
+// goes to it; ServeMux's own answers to the others (404, 405 with Allow,
+// the 301 for unclean paths) are rewritten with JSON bodies (§2.5).
+func (s *server) handler() http.Handler {
+	unmatched := s.instrument("unmatched", s.unmatched)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, pattern := s.mux.Handler(r); pattern == "" || needsCleaning(r) {
+			unmatched(w, r)
+			return
+		}
+		s.mux.ServeHTTP(w, r)
+	})
+}
+
+// unmatched answers a request no route matched, as ServeMux would but with
+// a JSON body. A wrong method on the path of an admin route authenticates
+// first, so anonymous callers learn nothing but 401 (§2.6, compat).
+func (s *server) unmatched(w http.ResponseWriter, r *http.Request) {
+	h, _ := s.mux.Handler(r)
+	rec := &headerRecorder{header: http.Header{}}
+	h.ServeHTTP(rec, r)
+	switch rec.status {
+	case http.StatusMethodNotAllowed:
+		allow := rec.header.Get("Allow")
+		for _, method := range strings.Split(allow, ", ") {
+			probe := r.Clone(r.Context())
+			probe.Method = method
+			if _, pattern := s.mux.Handler(probe); s.access[pattern] >= anyRole {
+				if _, err := s.authenticate(r); err != nil {
+					s.writeError(w, r, err)
+					return
+				}
+				break
+			}
+		}
+		w.Header().Set("Allow", allow)
+		writeJSONError(w, http.StatusMethodNotAllowed, "method not allowed")
+	case http.StatusNotFound:
+		writeJSONError(w, http.StatusNotFound, "not found")
+	default: // ServeMux's redirect (307) for a path that needs cleaning
+		h.ServeHTTP(w, r)
+	}
+}
+
+// needsCleaning reports whether ServeMux redirects the request to a cleaned
+// path ("." or ".." segments, "//"), as it does whether or not a route
+// matches. It applies ServeMux's own rule to the escaped path.
+func needsCleaning(r *http.Request) bool {
+	if r.Method == "CONNECT" {
+		return false
+	}
+	p := r.URL.EscapedPath()
+	if p == "" || p[0] != '/' {
+		return true
+	}
+	clean := path.Clean(p)
+	if strings.HasSuffix(p, "/") && clean != "/" {
+		clean += "/"
+	}
+	return clean != p
+}
+
+// headerRecorder captures the status and headers ServeMux writes for a
+// request it cannot route; the body is discarded.
+type headerRecorder struct {
+	header http.Header
+	status int
+}
+
+func (h *headerRecorder) Header() http.Header         { return h.header }
+func (h *headerRecorder) Write(b []byte) (int, error) { return len(b), nil }
+func (h *headerRecorder) WriteHeader(code int)        { h.status = code }
 
 // statusRecorder remembers the status code written through it.
 type statusRecorder struct {
@@ -168,168 +202,134 @@ func (w *statusRecorder) Write(b []byte) (int, error) {
 	return w.ResponseWriter.Write(b)
 }
 
-// Unwrap lets http.ResponseController reach the connection (the CSV export
-// lifts its write deadline through it).
+// Unwrap lets http.ResponseController reach the connection (streaming
+// responses manage their write deadline through it).
 func (w *statusRecorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 var knownMethods = []string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
-func (s *server) serveHTTP(w http.ResponseWriter, r *http.Request) {
-	start := time.Now()
-	rec := &statusRecorder{ResponseWriter: w}
-	label := "unmatched"
-	defer func() {
-		v := recover()
-		if v != nil && v != http.ErrAbortHandler {
-			// A bug: answer 500 (if nothing was sent yet) and keep serving.
-			s.log.Error("internal error", "method", r.Method, "path", r.URL.Path, "err", fmt.Sprintf("panic: %v", v))
-			if rec.status == 0 {
-				writeJSONError(rec, http.StatusInternalServerError, "internal error")
+// instrument wraps a route: the HTTP metrics under the route's path label,
+// the debug request log, and panic recovery (a bug answers 500, if nothing
+// was sent yet, and the server keeps serving).
+func (s *server) instrument(label string, h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w}
+		defer func() {
+			v := recover()
+			if v != nil && v != http.ErrAbortHandler {
+				s.log.Error("internal error", "method", r.Method, "path", r.URL.Path, "err", fmt.Sprintf("panic: %v", v))
+				if rec.status == 0 {
+					writeJSONError(rec, http.StatusInternalServerError, "internal error")
+				}
 			}
-		}
-		status := rec.status
-		if status == 0 {
-			status = http.StatusOK
-		}
-		if r.URL.Path != "/health" && r.URL.Path != "/metrics" {
-			method := r.Method
-			if !slices.Contains(knownMethods, method) {
-				method = "OTHER"
+			status := rec.status
+			if status == 0 {
+				status = http.StatusOK
 			}
-			s.m.httpRequests.inc(method, label, strconv.Itoa(status))
-			s.m.httpDuration.observe(time.Since(start).Seconds(), method, label)
-		}
-		if s.log.Enabled(r.Context(), slog.LevelDebug) { // skip building the attributes on the hot path
-			s.log.Debug("request", "method", r.Method, "path", r.URL.Path, "status", status, "duration", time.Since(start))
-		}
-		if v == http.ErrAbortHandler {
-			panic(v) // let net/http abort the connection
-		}
-	}()
-
-	segs := strings.Split(r.URL.EscapedPath(), "/")
-	var matched *route
-	var params [2]pathParam
-	var allow []string
-	needsKey := false
-	for _, rt := range s.routes {
-		p, ok := rt.matchPath(segs)
-		if !ok {
-			continue
-		}
-		if rt.method == r.Method || rt.method == "GET" && r.Method == "HEAD" {
-			matched, params = rt, p
-			break
-		}
-		allow = append(allow, rt.method)
-		if rt.method == "GET" {
-			allow = append(allow, "HEAD")
-		}
-		needsKey = needsKey || rt.access >= anyRole
-	}
-	if matched == nil {
-		if len(allow) == 0 {
-			writeJSONError(rec, http.StatusNotFound, "not found")
-			return
-		}
-		// A known path with the wrong method: admin paths authenticate first,
-		// so that anonymous callers learn nothing but 401 (compat).
-		if needsKey {
-			if _, err := s.authenticate(r); err != nil {
-				s.writeError(rec, r, err)
-				return
+			if r.URL.Path != "/health" && r.URL.Path != "/metrics" {
+				method := r.Method
+				if !slices.Contains(knownMethods, method) {
+					method = "OTHER"
+				}
+				s.m.httpRequests.inc(method, label, strconv.Itoa(status))
+				s.m.httpDuration.observe(time.Since(start).Seconds(), method, label)
 			}
-		}
-		slices.Sort(allow)
-		rec.Header().Set("Allow", strings.Join(slices.Compact(allow), ", "))
-		writeJSONError(rec, http.StatusMethodNotAllowed, "method not allowed")
-		return
-	}
-	label = matched.pattern
-	for _, p := range params {
-		if p.name != "" {
-			r.SetPathValue(p.name, p.value)
-		}
-	}
-	p, err := s.authorize(r, matched)
-	if err == nil {
-		err = matched.handle(rec, r, p)
-	}
-	if err != nil {
-		s.writeError(rec, r, err)
+			if s.log.Enabled(r.Context(), slog.LevelDebug) { // skip building the attributes on the hot path
+				s.log.Debug("request", "method", r.Method, "path", r.URL.Path, "status", status, "duration", time.Since(start))
+			}
+			if v == http.ErrAbortHandler {
+				panic(v) // let net/http abort the connection
+			}
+		}()
+		h(rec, r)
 	}
 }
 
-// apiError is an error with the HTTP status and message to send.
-type apiError struct {
-	status int
-	msg    string
-}
-
-func (e *apiError) Error() string { return e.msg }
-
-func apiErr(status int, format string, args ...any) error {
-	return &apiError{status: status, msg: fmt.Sprintf(format, args...)}
-}
-
-func badRequest(format string, args ...any) error {
-	return apiErr(http.StatusBadRequest, format, args...)
-}
-func notFound(format string, args ...any) error { return apiErr(http.StatusNotFound, format, args...) }
-func conflict(format string, args ...any) error { return apiErr(http.StatusConflict, format, args...) }
-func forbidden(format string, args ...any) error {
-	return apiErr(http.StatusForbidden, format, args...)
-}
-
-// errBusy is returned when another process holds the database write lock for
-// longer than the busy timeout.
-var errBusy = &apiError{status: http.StatusServiceUnavailable, msg: "database is busy, retry later"}
-
-// writeError maps err to a status and a JSON body, in one place. Anything
-// that is not an *apiError is an internal error: logged with its text, and
-// answered with a fixed message that leaks nothing.
-func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
-	var ae *apiError
+// errorStatus maps an error to its HTTP status and client message. It is the
+// only place where errors become statuses; anything it does not know is a
+// 500 whose message leaks nothing.
+func errorStatus(err error) (int, string) {
+	var ve *validationError
+	var ce *clientError
 	var mbe *http.MaxBytesError
-	switch {
-	case errors.As(err, &ae):
-	case errors.As(err, &mbe):
-		ae = &apiError{status: http.StatusRequestEntityTooLarge, msg: "request body too large"}
-	case isBusy(err):
-		s.log.Warn("database busy", "method", r.Method, "path", r.URL.Path, "err", err)
-		ae = errBusy
-	default:
-		s.log.Error("internal error", "method", r.Method, "path", r.URL.Path, "err", err)
-		ae = &apiError{status: http.StatusInternalServerError, msg: "internal error"}
+	msg := ""
+	if errors.As(err, &ce) {
+		msg = ce.msg
 	}
-	switch ae.status {
+	switch {
+	case errors.As(err, &ve):
+		return http.StatusBadRequest, ve.msg
+	case errors.As(err, &mbe), errors.Is(err, errTooLarge):
+		return http.StatusRequestEntityTooLarge, errTooLarge.Error()
+	case errors.Is(err, errMediaType):
+		return http.StatusUnsupportedMediaType, errMediaType.Error()
+	case errors.Is(err, errUnauthorized):
+		return http.StatusUnauthorized, msg
+	case errors.Is(err, errForbidden):
+		return http.StatusForbidden, msg
+	case errors.Is(err, errNotFound):
+		return http.StatusNotFound, msg
+	case errors.Is(err, errConflict):
+		return http.StatusConflict, msg
+	case errors.Is(err, errBusy):
+		return http.StatusServiceUnavailable, errBusy.Error()
+	case errors.Is(err, errShuttingDown):
+		return http.StatusServiceUnavailable, errShuttingDown.Error()
+	}
+	return http.StatusInternalServerError, "internal error"
+}
+
+// writeError answers err as a JSON error (§2.5). Internal errors are logged
+// with their text and answered with a fixed message.
+func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	status, msg := errorStatus(err)
+	switch status {
+	case http.StatusInternalServerError:
+		s.log.Error("internal error", "method", r.Method, "path", r.URL.Path, "err", err)
 	case http.StatusUnauthorized:
 		w.Header().Set("WWW-Authenticate", `Bearer realm="nixfleet"`)
 	case http.StatusServiceUnavailable:
+		if errors.Is(err, errBusy) {
+			s.log.Warn("database busy", "method", r.Method, "path", r.URL.Path, "err", err)
+		}
 		w.Header().Set("Retry-After", "1")
 	}
-	writeJSONError(w, ae.status, ae.msg)
+	writeJSONError(w, status, msg)
 }
 
 func writeJSONError(w http.ResponseWriter, status int, msg string) {
-	b, _ := json.Marshal(struct {
+	b, _ := marshalJSON(struct {
 		Error string `json:"error"`
 	}{msg})
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	w.Write(append(b, '\n'))
+	w.Write(b)
+}
+
+// marshalJSON encodes v compactly with a trailing newline. HTML characters
+// stay as they are: these are API responses, and the v0.1 CLI prints
+// messages such as "invalid transition: active -> pending" verbatim.
+func marshalJSON(v any) ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, fmt.Errorf("encode response: %w", err)
+	}
+	return b.Bytes(), nil
 }
 
 // writeJSON writes v as a compact JSON response.
 func writeJSON(w http.ResponseWriter, status int, v any) error {
-	b, err := json.Marshal(v)
+	b, err := marshalJSON(v)
 	if err != nil {
-		return fmt.Errorf("encode response: %w", err)
+		return err
 	}
 	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", strconv.Itoa(len(b)+1))
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
 	w.WriteHeader(status)
-	w.Write(append(b, '\n'))
+	w.Write(b)
 	return nil
 }
 
@@ -342,23 +342,30 @@ const (
 // validator is implemented by request types; decode calls it after decoding.
 type validator interface{ validate() error }
 
-// decode reads a JSON request body into dst in the order of §2.4 and §2.6:
-// content type (415), size (413), JSON (400), then dst.validate (400). With
-// emptyOK, a body of zero bytes is accepted as {} without a content-type check.
-func decode(w http.ResponseWriter, r *http.Request, limit int64, emptyOK bool, dst validator) error {
+// decode reads a JSON request body of type T in the order of §2.4 and §2.6:
+// content type (415), size (413), JSON (400), then T.validate (400). With
+// emptyOK, a body of zero bytes is accepted as {} without a content-type
+// check. The body must be exactly one JSON object in valid UTF-8; keys match
+// as encoding/json matches them, and unknown keys are ignored (compat).
+// Decoding is encoding/json's, linear in the size of the body.
+func decode[T any, PT interface {
+	*T
+	validator
+}](w http.ResponseWriter, r *http.Request, limit int64, emptyOK bool) (*T, error) {
+	v := PT(new(T))
 	body := r.Body
 	if emptyOK {
 		if r.ContentLength == 0 {
-			return dst.validate()
+			return (*T)(v), v.validate()
 		}
 		if r.ContentLength < 0 {
 			var first [1]byte
 			n, err := io.ReadFull(body, first[:])
 			if n == 0 {
 				if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
-					return fmt.Errorf("read body: %w", err)
+					return nil, fmt.Errorf("read body: %w", err)
 				}
-				return dst.validate()
+				return (*T)(v), v.validate()
 			}
 			body = struct {
 				io.Reader
@@ -367,10 +374,10 @@ func decode(w http.ResponseWriter, r *http.Request, limit int64, emptyOK bool, d
 		}
 	}
 	if ct := r.Header.Get("Content-Type"); ct != "" && !isJSONContentType(ct) {
-		return apiErr(http.StatusUnsupportedMediaType, "Content-Type must be application/json")
+		return nil, errMediaType
 	}
 	if r.ContentLength > limit {
-		return &http.MaxBytesError{Limit: limit}
+		return nil, errTooLarge
 	}
 	size := int64(512)
 	if r.ContentLength > 0 {
@@ -380,209 +387,42 @@ func decode(w http.ResponseWriter, r *http.Request, limit int64, emptyOK bool, d
 	if _, err := buf.ReadFrom(http.MaxBytesReader(w, body, limit)); err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return err
+			return nil, errTooLarge
 		}
 		// A read error (timeout, connection reset) says nothing useful to the
 		// client and would echo addresses; keep the message fixed.
-		return badRequest("invalid JSON body: could not read the request body")
+		return nil, invalidf("invalid JSON body: could not read the request body")
 	}
-	if err := unmarshalObject(buf.Bytes(), dst); err != nil {
-		return err
+	if err := unmarshalObject(buf.Bytes(), v); err != nil {
+		return nil, err
 	}
-	return dst.validate()
+	return (*T)(v), v.validate()
 }
 
-// unmarshalObject decodes exactly one JSON object in valid UTF-8 into dst, a
-// pointer to a request struct. Keys match the fields' json tags exactly:
-// encoding/json alone would also match "Lifecycle" or "SUCCESS", but the wire
-// keys are case-sensitive and any other key is unknown, hence ignored (compat).
-// null means absent, and the last of duplicate keys wins.
+// unmarshalObject decodes exactly one JSON object in valid UTF-8 into dst.
+// encoding/json would accept invalid UTF-8 (replacing it) and a top-level
+// null (decoding nothing), so both are checked first.
 func unmarshalObject(b []byte, dst any) error {
 	if !utf8.Valid(b) {
-		return badRequest("invalid JSON body: not valid UTF-8")
+		return invalidf("invalid JSON body: not valid UTF-8")
 	}
 	trimmed := bytes.TrimLeft(b, " \t\r\n")
 	if len(trimmed) == 0 {
-		return badRequest("invalid JSON body: empty body")
+		return invalidf("invalid JSON body: empty body")
 	}
-	if trimmed[0] != '{' {
-		var v any
-		if err := json.Unmarshal(trimmed, &v); err != nil {
-			return badRequest("invalid JSON body: %s", jsonErrText(err))
-		}
-		return badRequest("invalid JSON body: expected a JSON object")
-	}
-	v := reflect.ValueOf(dst).Elem()
-	if plainKeys(trimmed) {
-		// Fast path: when every key is plain lowercase ASCII, encoding/json's
-		// case-insensitive matching can only match exactly, so one standard
-		// pass decodes exactly as the slow path would. Errors are re-derived
-		// by the slow path, which names the field with its full JSON path.
-		if json.Unmarshal(trimmed, dst) == nil {
-			return nil
-		}
-		v.SetZero()
-	}
-	var obj map[string]json.RawMessage
-	if err := json.Unmarshal(trimmed, &obj); err != nil { // validates the whole body once
-		return badRequest("invalid JSON body: %s", jsonErrText(err))
-	}
-	return decodeFields(obj, v, "")
-}
-
-// plainKeys reports whether every object key in the JSON text b consists
-// only of the bytes a-z, 0-9 and _ (no escapes) and no object repeats a key
-// (encoding/json would merge a repeated object-valued key instead of letting
-// the last value win). It scans once, with a stack of open containers to know
-// which strings are keys. It is only meaningful for valid JSON; for anything
-// else it may answer either way.
-func plainKeys(b []byte) bool {
-	type frame struct {
-		object bool
-		keys   int // index in keys where this object's keys start
-	}
-	var stackBuf [16]frame
-	var keysBuf [32][]byte
-	stack := stackBuf[:0] // grows past the array only for deep or wide bodies
-	keys := keysBuf[:0]   // the keys of the open objects, innermost last
-	expectKey := false
-	for i := 0; i < len(b); i++ {
-		switch c := b[i]; c {
-		case '{', '[':
-			stack = append(stack, frame{object: c == '{', keys: len(keys)})
-			expectKey = c == '{'
-		case '}', ']':
-			if len(stack) > 0 {
-				keys = keys[:stack[len(stack)-1].keys]
-				stack = stack[:len(stack)-1]
-			}
-			expectKey = false
-		case ',':
-			expectKey = len(stack) > 0 && stack[len(stack)-1].object
-		case ':':
-			expectKey = false
-		case '"':
-			isKey, start := expectKey, i+1
-			expectKey = false
-			for i++; i < len(b) && b[i] != '"'; i++ {
-				if b[i] == '\\' {
-					if isKey {
-						return false
-					}
-					i++ // skip the escaped byte
-				} else if isKey && !(b[i] >= 'a' && b[i] <= 'z' || b[i] >= '0' && b[i] <= '9' || b[i] == '_') {
-					return false
-				}
-			}
-			if !isKey {
-				continue
-			}
-			key := b[start:min(i, len(b))]
-			if len(key) == 0 || len(stack) == 0 {
-				return false
-			}
-			for _, k := range keys[stack[len(stack)-1].keys:] {
-				if bytes.Equal(k, key) {
-					return false
-				}
-			}
-			keys = append(keys, key)
-		}
-	}
-	return true
-}
-
-// decodeStruct decodes the JSON object raw (known to be valid) into the
-// struct v, key by key. path is the JSON path of v, for error messages.
-func decodeStruct(raw []byte, v reflect.Value, path string) error {
-	var obj map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &obj); err != nil {
-		return badRequest("%s: wrong type: want object", pathOr(path, "body"))
-	}
-	return decodeFields(obj, v, path)
-}
-
-// decodeFields sets the fields of the struct v from the object's members,
-// matching keys exactly to the json tags.
-func decodeFields(obj map[string]json.RawMessage, v reflect.Value, path string) error {
-	t := v.Type()
-	for i := 0; i < t.NumField(); i++ {
-		f := t.Field(i)
-		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-		if !f.IsExported() || name == "" || name == "-" {
-			continue
-		}
-		if val, ok := obj[name]; ok {
-			p := name
-			if path != "" {
-				p = path + "." + name
-			}
-			if err := decodeValue(val, v.Field(i), p); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
-// decodeValue decodes one JSON value into v. Structs, pointers to structs
-// and slices of structs are decoded by decodeStruct, so that nested keys are
-// matched exactly too; everything else by encoding/json.
-func decodeValue(raw json.RawMessage, v reflect.Value, path string) error {
-	isNull := string(raw) == "null"
+	err := json.Unmarshal(trimmed, dst)
+	var te *json.UnmarshalTypeError
 	switch {
-	case isNull:
-		v.SetZero() // null means absent
-		return nil
-	case v.Kind() == reflect.Struct:
-		return decodeStruct(raw, v, path)
-	case v.Kind() == reflect.Pointer && v.Type().Elem().Kind() == reflect.Struct:
-		p := reflect.New(v.Type().Elem())
-		if err := decodeStruct(raw, p.Elem(), path); err != nil {
-			return err
-		}
-		v.Set(p)
-		return nil
-	case v.Kind() == reflect.Slice && v.Type().Elem().Kind() == reflect.Struct:
-		var items []json.RawMessage
-		if err := json.Unmarshal(raw, &items); err != nil {
-			return badRequest("%s: wrong type: want array", path)
-		}
-		out := reflect.MakeSlice(v.Type(), len(items), len(items))
-		for i, item := range items {
-			if err := decodeValue(item, out.Index(i), fmt.Sprintf("%s[%d]", path, i)); err != nil {
-				return err
-			}
-		}
-		v.Set(out)
-		return nil
-	}
-	if err := json.Unmarshal(raw, v.Addr().Interface()); err != nil {
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) {
-			field := path
-			if te.Field != "" {
-				field = path + "." + te.Field
-			}
-			return badRequest("%s: wrong type: got %s, want %s", field, te.Value, jsonKind(te.Type.String()))
-		}
-		return badRequest("%s: %s", path, jsonErrText(err))
+	case err == nil && trimmed[0] != '{':
+		return invalidf("invalid JSON body: expected a JSON object")
+	case errors.As(err, &te) && te.Field == "":
+		return invalidf("invalid JSON body: expected a JSON object")
+	case errors.As(err, &te):
+		return invalidf("%s: wrong type: got %s, want %s", te.Field, te.Value, jsonKind(te.Type.String()))
+	case err != nil:
+		return invalidf("invalid JSON body: %s", strings.TrimPrefix(err.Error(), "json: "))
 	}
 	return nil
-}
-
-func pathOr(path, def string) string {
-	if path == "" {
-		return def
-	}
-	return path
-}
-
-func jsonErrText(err error) string {
-	if err == nil {
-		return "invalid JSON"
-	}
-	return strings.TrimPrefix(err.Error(), "json: ")
 }
 
 // jsonKind names a Go type the way a JSON client thinks of it.
@@ -614,29 +454,6 @@ func isJSONContentType(ct string) bool {
 	return mt == "application/json" || strings.HasPrefix(mt, "application/") && strings.HasSuffix(mt, "+json")
 }
 
-// timeLayout renders every output timestamp: UTC, exactly three fractional digits.
-const timeLayout = "2006-01-02T15:04:05.000Z"
-
-// fmtTime renders Unix milliseconds as an output timestamp.
-func fmtTime(ms int64) string { return time.UnixMilli(ms).UTC().Format(timeLayout) }
-
-// fmtTimePtr renders a nullable timestamp.
-func fmtTimePtr(ms *int64) *string {
-	if ms == nil {
-		return nil
-	}
-	return str(fmtTime(*ms))
-}
-
-// parseTime parses an input RFC 3339 timestamp into Unix milliseconds.
-func parseTime(s string) (int64, error) {
-	t, err := time.Parse(time.RFC3339Nano, s)
-	if err != nil {
-		return 0, errors.New("not an RFC 3339 timestamp")
-	}
-	return t.UnixMilli(), nil
-}
-
 // queryValues decodes the query string as url.ParseQuery does, except that a
 // pair it cannot decode (a bad %-escape, or a ';') keeps its raw key and value
 // instead of being dropped: dropping ?limit=%zz or ?lifecycle=x%zz would lift
@@ -649,10 +466,10 @@ func queryValues(r *http.Request) url.Values {
 			continue
 		}
 		k, v, _ := strings.Cut(pair, "=")
-		if dk, err := url.QueryUnescape(k); err == nil {
+		if dk, err := url.PathUnescape(strings.ReplaceAll(k, "+", " ")); err == nil { // as url.QueryUnescape
 			k = dk
 		}
-		if dv, err := url.QueryUnescape(v); err == nil {
+		if dv, err := url.PathUnescape(strings.ReplaceAll(v, "+", " ")); err == nil {
 			v = dv
 		}
 		q[k] = append(q[k], v)
@@ -668,14 +485,14 @@ func queryLimit(q url.Values, def, max int) (int, error) {
 		return def, nil
 	}
 	if !isDigits(v[0]) {
-		return 0, badRequest("limit: must be an integer of at least 1")
+		return 0, invalidf("limit: must be an integer of at least 1")
 	}
 	n, err := strconv.ParseInt(v[0], 10, 64)
 	if err != nil { // all digits, so only out of range: larger than any maximum
 		n = math.MaxInt64
 	}
 	if n < 1 {
-		return 0, badRequest("limit: must be an integer of at least 1")
+		return 0, invalidf("limit: must be an integer of at least 1")
 	}
 	if max > 0 && n > int64(max) {
 		return max, nil
@@ -683,16 +500,17 @@ func queryLimit(q url.Values, def, max int) (int, error) {
 	return int(n), nil
 }
 
-func isDigits(s string) bool {
-	if s == "" {
-		return false
+// pathID returns the path parameter name after checking it with check (400).
+func pathID(r *http.Request, name string, check func(string) error) (string, error) {
+	v := r.PathValue(name)
+	return v, check(v)
+}
+
+func checkMachinePath(id string) error {
+	if !validMachineID(id) {
+		return invalidf("invalid machine id")
 	}
-	for i := 0; i < len(s); i++ {
-		if s[i] < '0' || s[i] > '9' {
-			return false
-		}
-	}
-	return true
+	return nil
 }
 
 // health answers the liveness probe; it does no database work.
@@ -706,4 +524,36 @@ func (s *server) health(w http.ResponseWriter, r *http.Request, _ *principal) er
 func (s *server) metricsPage(w http.ResponseWriter, r *http.Request, _ *principal) error {
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 	return s.m.writeTo(w)
+}
+
+// streamDeadline is how long a streamed response may wait for the client to
+// take each chunk. A streamed response (the CSV export, the release list)
+// lifts the server's WriteTimeout, which bounds a whole response, and
+// instead needs the client to keep reading: a client that stops is cut off.
+const streamDeadline = 30 * time.Second
+
+// deadlineWriter extends the connection's write deadline before each write.
+type deadlineWriter struct {
+	w  http.ResponseWriter
+	rc *http.ResponseController
+}
+
+func newDeadlineWriter(w http.ResponseWriter) *deadlineWriter {
+	return &deadlineWriter{w: w, rc: http.NewResponseController(w)}
+}
+
+func (d *deadlineWriter) Write(b []byte) (int, error) {
+	if err := d.rc.SetWriteDeadline(time.Now().Add(streamDeadline)); err != nil {
+		return 0, err
+	}
+	return d.w.Write(b)
+}
+
+// streamFailed handles an error after a streamed response has started: the
+// status is sent, so only aborting the connection tells the client.
+func (s *server) streamFailed(r *http.Request, err error) {
+	if r.Context().Err() == nil {
+		s.log.Error("internal error", "method", r.Method, "path", r.URL.Path, "err", err)
+	}
+	panic(http.ErrAbortHandler)
 }

@@ -4,8 +4,9 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
-	"time"
 )
+
+// Handlers of the audit routes (§4.25, §4.26).
 
 // parseAuditFilter reads the audit query parameters (§4.25). maxLimit 0
 // means the limit is optional and unbounded (the export).
@@ -13,21 +14,20 @@ func parseAuditFilter(q url.Values, defLimit, maxLimit int) (auditFilter, error)
 	f := auditFilter{actor: q.Get("actor"), action: q.Get("action"), target: q.Get("target")}
 	for _, p := range []struct {
 		name string
-		dst  *int64
-		has  *bool
-	}{{"since", &f.since, &f.hasSince}, {"until", &f.until, &f.hasUntil}} {
+		dst  **int64
+	}{{"since", &f.since}, {"until", &f.until}} {
 		if v, ok := q[p.name]; ok {
 			ms, err := parseTime(v[0])
 			if err != nil {
-				return f, badRequest("%s: %v", p.name, err)
+				return f, invalidf("%s: %v", p.name, err)
 			}
-			*p.dst, *p.has = ms, true
+			*p.dst = &ms
 		}
 	}
 	if v, ok := q["before"]; ok {
 		id, err := strconv.ParseInt(v[0], 10, 64)
 		if err != nil || id < 1 || !isDigits(v[0]) {
-			return f, badRequest("before: must be a positive integer event id")
+			return f, invalidf("before: must be a positive integer event id")
 		}
 		f.before = id
 	}
@@ -42,30 +42,23 @@ func (s *server) listAudit(w http.ResponseWriter, r *http.Request, _ *principal)
 	if err != nil {
 		return err
 	}
-	out := []auditEvent{}
-	if err := s.st.eachAudit(r.Context(), f, nil, func(ev auditEvent) error {
-		out = append(out, ev)
-		return nil
-	}); err != nil {
+	out, err := s.cp.listAudit(r.Context(), f)
+	if err != nil {
 		return err
 	}
 	return writeJSON(w, http.StatusOK, out)
 }
 
 // exportAudit handles GET /api/v1/audit/export: every matching row as CSV,
-// streamed in constant memory. The write deadline is lifted because a large
-// log takes longer than the server's WriteTimeout; once the first byte is
-// out, an error can only abort the connection.
+// streamed in constant memory with a write deadline per chunk. Once the
+// first byte is out, an error can only abort the connection.
 func (s *server) exportAudit(w http.ResponseWriter, r *http.Request, _ *principal) error {
 	f, err := parseAuditFilter(queryValues(r), 0, 0)
 	if err != nil {
 		return err
 	}
-	if err := http.NewResponseController(w).SetWriteDeadline(time.Time{}); err != nil {
-		return err
-	}
 	started := false
-	err = s.st.exportAuditCSV(r.Context(), f, w, func() {
+	err = s.cp.exportAudit(r.Context(), f, newDeadlineWriter(w), func() {
 		started = true
 		w.Header().Set("Content-Type", "text/csv; charset=utf-8")
 		w.Header().Set("Content-Disposition", `attachment; filename="audit.csv"`)
@@ -75,10 +68,7 @@ func (s *server) exportAudit(w http.ResponseWriter, r *http.Request, _ *principa
 		return err
 	}
 	if err != nil {
-		if r.Context().Err() == nil {
-			s.log.Error("internal error", "method", r.Method, "path", r.URL.Path, "err", err)
-		}
-		panic(http.ErrAbortHandler) // the status is sent: only aborting the connection tells the client
+		s.streamFailed(r, err)
 	}
 	return nil
 }

@@ -3,11 +3,12 @@ package main
 import (
 	"bufio"
 	"context"
-	"database/sql"
-	"fmt"
 	"io"
 	"strings"
 )
+
+// The audit log (§10): every mutation writes its rows in its own transaction
+// through recordAudit; listing and the CSV export read them back.
 
 // auditActions is every audit action the control plane writes (§10.2).
 var auditActions = []string{
@@ -21,10 +22,8 @@ var auditActions = []string{
 // recordAudit appends one audit row inside the mutation's transaction, so the
 // change and its record commit together or not at all. detail may be nil.
 func recordAudit(tx *txn, actor, action, target string, detail *string) error {
-	if _, err := tx.ExecContext(tx.ctx,
-		"INSERT INTO audit_event (timestamp, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
-		tx.now, actor, action, target, detail); err != nil {
-		return fmt.Errorf("record audit %s: %w", action, err)
+	if err := tx.insertAudit(actor, action, target, detail); err != nil {
+		return err
 	}
 	tx.audits = append(tx.audits, action)
 	return nil
@@ -43,81 +42,71 @@ type auditEvent struct {
 	Detail    *string `json:"detail"`
 }
 
-// auditFilter selects audit rows; zero values mean "any".
+// auditFilter selects audit rows (§4.25); zero values mean "any".
 type auditFilter struct {
 	actor, action, target string
-	since, until          int64 // Unix ms; since inclusive, until exclusive; 0 = unbounded
-	hasSince, hasUntil    bool
-	before                int64 // only ids below it; 0 = unbounded
-	limit                 int   // 0 = no limit
+	since, until          *int64 // Unix ms; since inclusive, until exclusive
+	before                int64  // only ids below it; 0 = unbounded
+	limit                 int    // 0 = no limit (the export)
 }
 
-// query builds the SELECT for f, newest first.
-func (f auditFilter) query() (string, []any) {
-	var where []string
-	var args []any
-	add := func(cond string, v any) {
-		where = append(where, cond)
-		args = append(args, v)
+// listAudit returns the matching rows, newest first (at most f.limit).
+func (cp *controlPlane) listAudit(ctx context.Context, f auditFilter) ([]auditEvent, error) {
+	var out []auditEvent
+	err := cp.st.read(ctx, func(d dbq) error {
+		var err error
+		out, err = d.auditPage(f, f.before, f.limit)
+		return err
+	})
+	if out == nil {
+		out = []auditEvent{}
 	}
-	if f.actor != "" {
-		add("actor = ?", f.actor)
-	}
-	if f.action != "" {
-		add("action = ?", f.action)
-	}
-	if f.target != "" {
-		add("target = ?", f.target)
-	}
-	if f.hasSince {
-		add("timestamp >= ?", f.since)
-	}
-	if f.hasUntil {
-		add("timestamp < ?", f.until)
-	}
-	if f.before > 0 {
-		add("id < ?", f.before)
-	}
-	q := "SELECT id, timestamp, actor, action, target, detail FROM audit_event"
-	if len(where) > 0 {
-		q += " WHERE " + strings.Join(where, " AND ")
-	}
-	q += " ORDER BY id DESC"
-	if f.limit > 0 {
-		q += " LIMIT ?"
-		args = append(args, f.limit)
-	}
-	return q, args
+	return out, err
 }
 
-// eachAudit calls fn for every row that matches f, newest first, streaming
-// the rows from one read transaction. started, if not nil, is called once the
-// query has succeeded and before the first row, so that a caller can commit
-// to a response only when the query is known to work.
-func (s *store) eachAudit(ctx context.Context, f auditFilter, started func(), fn func(auditEvent) error) error {
-	q, args := f.query()
-	rows, err := s.ro.QueryContext(ctx, q, args...)
-	if err != nil {
-		return fmt.Errorf("query audit: %w", err)
-	}
-	defer rows.Close()
-	if started != nil {
-		started()
-	}
-	for rows.Next() {
-		var ev auditEvent
-		var ts int64
-		var detail sql.NullString
-		if err := rows.Scan(&ev.ID, &ts, &ev.Actor, &ev.Action, &ev.Target, &detail); err != nil {
-			return fmt.Errorf("scan audit: %w", err)
+// exportPage is how many rows the export reads per query. Between pages it
+// holds no database connection, so a client that reads slowly (or not at
+// all) never ties up the read pool.
+const exportPage = 1000
+
+// exportAudit writes every matching row as CSV (§10.4) to w, newest first,
+// in constant memory. started is called once the first query has succeeded,
+// before anything is written: until then an error can still be answered
+// with a status; after it, the caller can only abort.
+func (cp *controlPlane) exportAudit(ctx context.Context, f auditFilter, w io.Writer, started func()) error {
+	bw := bufio.NewWriterSize(w, 32<<10)
+	before, left := f.before, f.limit
+	for first := true; ; first = false {
+		n := exportPage
+		if f.limit > 0 {
+			n = min(n, left)
 		}
-		ev.Timestamp = fmtTime(ts)
-		ev.Detail = nullStr(detail)
-		if err := fn(ev); err != nil {
+		var page []auditEvent
+		if n > 0 {
+			err := cp.st.read(ctx, func(d dbq) error {
+				var err error
+				page, err = d.auditPage(f, before, n)
+				return err
+			})
+			if err != nil {
+				return err
+			}
+		}
+		if first {
+			started()
+			bw.WriteString(csvHeader)
+		}
+		for _, ev := range page {
+			writeCSVRow(bw, ev)
+		}
+		if err := bw.Flush(); err != nil {
 			return err
 		}
+		if len(page) < n || n == 0 {
+			return nil
+		}
+		before, left = page[len(page)-1].ID, left-len(page)
 	}
-	return rows.Err()
 }
 
 // csvField escapes one CSV field (§10.4): a leading =, +, -, @, TAB or CR gets
@@ -134,7 +123,7 @@ func csvField(v string) string {
 }
 
 // writeCSVRow writes one audit row as a CSV line ending in LF.
-func writeCSVRow(w *bufio.Writer, ev auditEvent) error {
+func writeCSVRow(w *bufio.Writer, ev auditEvent) {
 	detail := ""
 	if ev.Detail != nil {
 		detail = *ev.Detail
@@ -145,21 +134,7 @@ func writeCSVRow(w *bufio.Writer, ev auditEvent) error {
 		}
 		w.WriteString(csvField(f))
 	}
-	return w.WriteByte('\n')
+	w.WriteByte('\n')
 }
 
 const csvHeader = "timestamp,actor,action,target,detail\n"
-
-// exportAuditCSV streams every matching row as CSV to w, in constant memory.
-// started is called once the query has succeeded, before anything is written.
-func (s *store) exportAuditCSV(ctx context.Context, f auditFilter, w io.Writer, started func()) error {
-	bw := bufio.NewWriterSize(w, 32<<10)
-	err := s.eachAudit(ctx, f, func() {
-		started()
-		bw.WriteString(csvHeader)
-	}, func(ev auditEvent) error { return writeCSVRow(bw, ev) })
-	if err != nil {
-		return err
-	}
-	return bw.Flush()
-}

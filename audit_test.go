@@ -239,7 +239,7 @@ func TestAuditEveryMutation(t *testing.T) {
 		return nil
 	})
 	step("batch.deploying", func() []audWant {
-		ts.exec.pass(ctx)
+		ts.pass(ctx)
 		return []audWant{audW("executor", "batch.deploying", rid1+"-b0", "Rollout "+rid1+" batch 0 deploying 1 machines, 0 skipped")}
 	})
 	step("rollout.paused by operator", func() []audWant {
@@ -263,7 +263,7 @@ func TestAuditEveryMutation(t *testing.T) {
 	})
 	step("rollout 2: created and deploying", func() []audWant {
 		rid2 = rollout(map[string]any{"release_id": rel, "strategy": "canary", "target": map[string]any{"hosts": []string{"web-01"}}})
-		ts.exec.pass(ctx)
+		ts.pass(ctx)
 		return []audWant{
 			audW(deployer, "rollout.created", rid2, "strategy=canary machines=1 batches=1 skipped=0"),
 			audW("executor", "batch.deploying", rid2+"-b0", "Rollout "+rid2+" batch 0 deploying 1 machines, 0 skipped"),
@@ -271,7 +271,7 @@ func TestAuditEveryMutation(t *testing.T) {
 	})
 	step("rollout 2: batch.succeeded and rollout.completed", func() []audWant {
 		report(healthBody("web-01", relPath("web-01", 'a')))
-		ts.exec.pass(ctx)
+		ts.pass(ctx)
 		return []audWant{
 			audW("machine:web-01", "report", "web-01", "first report"),
 			audW("executor", "batch.succeeded", rid2+"-b0", "Batch 0 succeeded: 1 healthy, 0 unhealthy (threshold: 0)"),
@@ -281,9 +281,9 @@ func TestAuditEveryMutation(t *testing.T) {
 	step("rollout 3: batch.failed and rollout.paused by the executor", func() []audWant {
 		rid3 = rollout(map[string]any{"release_id": rel, "strategy": "staged", "batch_sizes": []string{"1"},
 			"target": map[string]any{"tags": []string{"canary"}}})
-		ts.exec.pass(ctx)
+		ts.pass(ctx)
 		report(reportBody("web-02", G0, false, "rolled back: boom"))
-		ts.exec.pass(ctx)
+		ts.pass(ctx)
 		return []audWant{
 			audW(deployer, "rollout.created", rid3, "strategy=staged machines=1 batches=1 skipped=0"),
 			audW("executor", "batch.deploying", rid3+"-b0", "Rollout "+rid3+" batch 0 deploying 1 machines, 0 skipped"),
@@ -300,9 +300,9 @@ func TestAuditEveryMutation(t *testing.T) {
 	step("rollout 4: rollout.failed with machine.reverted by the executor", func() []audWant {
 		rid4 = rollout(map[string]any{"release_id": rel, "strategy": "all_at_once", "on_failure": "revert",
 			"target": map[string]any{"hosts": []string{"web-02"}}})
-		ts.exec.pass(ctx)
+		ts.pass(ctx)
 		report(reportBody("web-02", G0, false, "rolled back: boom")) // nothing observable changed: no report row
-		ts.exec.pass(ctx)
+		ts.pass(ctx)
 		return []audWant{
 			audW(deployer, "rollout.created", rid4, "strategy=all_at_once machines=1 batches=1 skipped=0"),
 			audW("executor", "batch.deploying", rid4+"-b0", "Rollout "+rid4+" batch 0 deploying 1 machines, 0 skipped"),
@@ -923,7 +923,7 @@ func TestAuditAppendOnly(t *testing.T) {
 func audSeedBulk(t testing.TB, ts *testServer, n int) {
 	t.Helper()
 	err := ts.st.write(context.Background(), func(tx *txn) error {
-		_, err := tx.ExecContext(tx.ctx, `INSERT INTO audit_event (timestamp, actor, action, target, detail)
+		_, err := tx.exec(`INSERT INTO audit_event (timestamp, actor, action, target, detail)
 			WITH RECURSIVE seq(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM seq WHERE i + 1 < ?)
 			SELECT ? + i, 'apikey:bulk', 'notify_deploy', printf('host-%06d', i),
 				'/nix/store/' || ? || '-nixos-system-host-' || printf('%06d', i) FROM seq`,

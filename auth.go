@@ -1,20 +1,20 @@
 package main
 
 import (
-	"crypto/rand"
-	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/asn1"
-	"encoding/hex"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"net/http"
 	"os"
 	"strings"
 )
+
+// Transport security and identity (§2.2, §3): the TLS configuration, the
+// identity of a client certificate, API-key authentication, role checks and
+// the bootstrap guards. Nothing else reads r.TLS or the Authorization header.
 
 // loadTLSConfig builds the server TLS configuration from the PEM files. Every
 // error names the file at fault. With caFile set, every connection must
@@ -152,23 +152,23 @@ type principal struct {
 // authFailure logs and counts a refused authentication or authorisation and
 // returns the error to send. Failures are never audited: anonymous callers
 // must not be able to grow the append-only log.
-func (s *server) authFailure(r *http.Request, status int, reason, msg string) error {
+func (s *server) authFailure(r *http.Request, kind error, reason, msg string) error {
 	s.log.Warn("authentication failed", "reason", reason, "remote", r.RemoteAddr, "method", r.Method, "path", r.URL.Path)
 	s.m.authFailures.inc(reason)
-	return &apiError{status: status, msg: msg}
+	return &clientError{kind, msg}
 }
 
-// authorize applies the authentication and role check of the route (§3.4),
+// authorize applies the authentication and role check of a route (§3.4),
 // returning the caller of an admin route.
-func (s *server) authorize(r *http.Request, rt *route) (*principal, error) {
-	switch rt.access {
+func (s *server) authorize(r *http.Request, acc access) (*principal, error) {
+	switch acc {
 	case public:
 		return nil, nil
 	case agent:
 		// §3.5: with a verified client certificate, its single CN must be the
 		// machine id of the path, byte for byte.
 		if cn, ok := peerCN(r); ok && cn != r.PathValue("id") {
-			return nil, s.authFailure(r, http.StatusForbidden, "cn_mismatch", "client certificate CN does not match machine id")
+			return nil, s.authFailure(r, errForbidden, "cn_mismatch", "client certificate CN does not match machine id")
 		}
 		return nil, nil
 	}
@@ -177,10 +177,10 @@ func (s *server) authorize(r *http.Request, rt *route) (*principal, error) {
 		return nil, err
 	}
 	switch {
-	case rt.access == adminRole && p.role != "admin":
-		return nil, s.authFailure(r, http.StatusForbidden, "forbidden", "admin role required")
-	case rt.access == deployRole && p.role != "deploy" && p.role != "admin":
-		return nil, s.authFailure(r, http.StatusForbidden, "forbidden", "deploy or admin role required")
+	case acc == adminRole && p.role != "admin":
+		return nil, s.authFailure(r, errForbidden, "forbidden", "admin role required")
+	case acc == deployRole && p.role != "deploy" && p.role != "admin":
+		return nil, s.authFailure(r, errForbidden, "forbidden", "deploy or admin role required")
 	}
 	return p, nil
 }
@@ -191,94 +191,54 @@ func (s *server) authorize(r *http.Request, rt *route) (*principal, error) {
 func (s *server) authenticate(r *http.Request) (*principal, error) {
 	h, present := r.Header["Authorization"]
 	if !present {
-		return nil, s.authFailure(r, http.StatusUnauthorized, "missing", "missing API key")
+		return nil, s.authFailure(r, errUnauthorized, "missing", "missing API key")
 	}
 	token, ok := strings.CutPrefix(h[0], "Bearer ")
 	if !ok || token == "" {
-		return nil, s.authFailure(r, http.StatusUnauthorized, "invalid", "invalid Authorization header")
+		return nil, s.authFailure(r, errUnauthorized, "invalid", "invalid Authorization header")
 	}
-	k, err := s.st.keyByHash(r.Context(), hashKey(token))
-	if errors.Is(err, errNoRows) {
-		return nil, s.authFailure(r, http.StatusUnauthorized, "invalid", "invalid API key")
-	}
+	st := s.cp.st
+	k, err := st.keyByHash(r.Context(), hashKey(token))
 	if err != nil {
 		return nil, err
 	}
-	now := s.now().UnixMilli()
-	if k.RevokedAt != nil {
-		return nil, s.authFailure(r, http.StatusUnauthorized, "revoked", "API key revoked")
-	}
-	if k.ExpiresAt != nil && *k.ExpiresAt <= now {
-		return nil, s.authFailure(r, http.StatusUnauthorized, "expired", "API key expired")
+	now := st.now().UnixMilli()
+	switch {
+	case k == nil:
+		return nil, s.authFailure(r, errUnauthorized, "invalid", "invalid API key")
+	case k.RevokedAt != nil:
+		return nil, s.authFailure(r, errUnauthorized, "revoked", "API key revoked")
+	case k.ExpiresAt != nil && *k.ExpiresAt <= now:
+		return nil, s.authFailure(r, errUnauthorized, "expired", "API key expired")
 	}
 	if k.LastUsedAt == nil || now-*k.LastUsedAt > 60_000 {
 		// Best effort, in its own transaction: a failure only costs accuracy.
-		if err := s.st.touchKey(r.Context(), k.ID); err != nil {
+		if err := st.touchKey(r.Context(), k.ID); err != nil {
 			s.log.Warn("update key last_used_at", "err", err)
 		}
 	}
 	return &principal{actor: "apikey:" + k.Name, role: k.Role, keyID: k.ID}, nil
 }
 
-// newKeyToken returns a fresh API key: "nfk-" and 64 lowercase hex digits.
-func newKeyToken() string {
-	var b [32]byte
-	rand.Read(b[:]) // never fails (crypto/rand panics if the OS source breaks)
-	return "nfk-" + hex.EncodeToString(b[:])
-}
-
-// hashKey is how tokens are stored and looked up: lowercase hex SHA-256 of
-// the whole token, prefix included.
-func hashKey(token string) string {
-	sum := sha256.Sum256([]byte(token))
-	return hex.EncodeToString(sum[:])
-}
-
-// bootstrapRequest is the optional body of POST /api/v1/keys/bootstrap.
-type bootstrapRequest struct {
-	Name *string `json:"name"`
-}
-
-func (b *bootstrapRequest) validate() error {
-	if b.Name == nil || *b.Name == "" {
-		b.Name = str("admin")
-	}
-	return checkKeyName("name", *b.Name)
-}
-
-// bootstrap mints the first admin key while the key table is empty (§3.3).
+// bootstrap handles POST /api/v1/keys/bootstrap: the first admin key, while
+// the key table is empty (§3.3), behind the configured guards.
 func (s *server) bootstrap(w http.ResponseWriter, r *http.Request, _ *principal) error {
 	if s.bootstrapToken != "" {
 		got := r.Header.Get("X-Bootstrap-Token")
 		if subtle.ConstantTimeCompare([]byte(got), []byte(s.bootstrapToken)) != 1 {
-			return s.authFailure(r, http.StatusForbidden, "forbidden", "bootstrap token required")
+			return s.authFailure(r, errForbidden, "forbidden", "bootstrap token required")
 		}
 	}
 	// A stolen agent certificate must not mint an admin key on a fresh or
 	// restored control plane.
-	if cn, ok := peerCN(r); ok && s.fleet.get(cn) != nil {
-		return s.authFailure(r, http.StatusForbidden, "forbidden", "machine certificates cannot bootstrap")
+	if cn, ok := peerCN(r); ok && s.cp.st.fleet.get(cn) != nil {
+		return s.authFailure(r, errForbidden, "forbidden", "machine certificates cannot bootstrap")
 	}
-	var req bootstrapRequest
-	if err := decode(w, r, maxBody, true, &req); err != nil {
+	req, err := decode[bootstrapRequest](w, r, maxBody, true)
+	if err != nil {
 		return err
 	}
-	var created *keyCreated
-	err := s.st.write(r.Context(), func(tx *txn) error {
-		var n int
-		if err := tx.QueryRowContext(tx.ctx, "SELECT count(*) FROM api_key").Scan(&n); err != nil {
-			return fmt.Errorf("count keys: %w", err)
-		}
-		if n > 0 {
-			return conflict("API keys already exist. Use an admin key to create more.")
-		}
-		var err error
-		created, err = insertKey(tx, *req.Name, "admin", nil)
-		if err != nil {
-			return err
-		}
-		return recordAudit(tx, "system:bootstrap", "bootstrap", *req.Name, str("first admin key created"))
-	})
+	created, err := s.cp.bootstrap(r.Context(), *req.Name)
 	if err != nil {
 		return err
 	}

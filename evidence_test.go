@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"math/rand/v2"
 	"testing"
@@ -37,7 +36,7 @@ func TestEvidenceCacheMatchesFullRead(t *testing.T) {
 	rid := created.RolloutID
 	ctx := context.Background()
 	ts.clock.advance(time.Second)
-	if _, err := ts.exec.step(ctx, rid); err != nil { // deploy
+	if _, err := ts.exec.advance(ctx, rid, ts.clock.now().UnixMilli()); err != nil { // deploy
 		t.Fatal(err)
 	}
 
@@ -63,25 +62,25 @@ func TestEvidenceCacheMatchesFullRead(t *testing.T) {
 			}
 			expect(t, do(t, c, "POST", ts.url+"/api/v1/machines/"+id+"/report", "", body), 200, "")
 		}
-		err := ts.st.readTx(ctx, func(tx *sql.Tx) error {
-			bs, err := loadBatches(ctx, tx, rid)
+		err := ts.st.read(ctx, func(tx dbq) error {
+			bs, err := tx.batches(rid)
 			if err != nil {
 				return err
 			}
-			members, err := loadMembers(ctx, tx, rid, 0)
+			members, err := tx.members(rid, 0)
 			if err != nil {
 				return err
 			}
-			ro, err := loadRollout(ctx, tx, rid)
+			ro, err := tx.rollout(rid)
 			if err != nil {
 				return err
 			}
-			_, sums, err := ts.exec.evidence.update(ctx, tx, ro, bs[0])
+			_, sums, err := ts.exec.evidence.update(tx, ro, bs[0])
 			if err != nil {
 				return err
 			}
 			for _, m := range members {
-				rows, err := tx.QueryContext(ctx, `SELECT r.id, r.generation, r.success, r.message,
+				rows, err := tx.query(`SELECT r.id, r.generation, r.success, r.message,
 					h.all_passed IS NOT NULL, coalesce(h.all_passed, 0), coalesce(h.failed_checks, '')
 					FROM report r LEFT JOIN health_report h ON h.report_id = r.id
 					WHERE r.machine_id = ? AND r.received_at >= ? ORDER BY r.id`, m.MachineID, *bs[0].StartedAt)

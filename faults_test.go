@@ -124,7 +124,7 @@ func TestFaultCancelledBeginLeavesWriterUsable(t *testing.T) {
 			cancel()
 		}()
 		check("cancelled write", st.write(ctx, func(tx *txn) error {
-			_, err := tx.ExecContext(tx.ctx, "UPDATE api_key SET last_used_at = 0 WHERE id = -1")
+			_, err := tx.exec("UPDATE api_key SET last_used_at = 0 WHERE id = -1")
 			return err
 		}))
 		cancel()

@@ -11,7 +11,7 @@ import (
 // index; a change publishes a new record (see txn.stage).
 type machineRec struct {
 	ID           string
-	Lifecycle    string
+	Lifecycle    lifecycle
 	RegisteredAt int64 // Unix ms
 	CurrentGen   string
 	LastSuccess  int8  // -1 before the first report, else 0 or 1
@@ -44,11 +44,6 @@ func (m *machineRec) hasTags(want []string) bool {
 	}
 	return true
 }
-
-// lifecycles lists the lifecycle states in their documented order.
-var lifecycles = []string{"pending", "provisioning", "active", "maintenance", "decommissioned"}
-
-func lifecycleIndex(l string) int { return slices.Index(lifecycles, l) }
 
 // fleet is the machine index and the rollout membership sets, derived from
 // SQLite: rebuilt at startup and updated only after each commit (under the

@@ -274,11 +274,11 @@ func (rs *runServer) stop(t testing.TB) error {
 	}
 }
 
-// testServer is a server assembled from the production parts (store, server,
-// handler, TLS builder) behind httptest, with an injectable clock and direct
-// access to the executor, for tests that need to drive time.
+// testServer is the application built by newApp, as serve builds it, behind
+// httptest with an injectable clock. The executor and retention loops are not
+// started: tests call ts.exec.step with the fake clock.
 type testServer struct {
-	*server
+	*app
 	ts    *httptest.Server
 	url   string
 	clock *fakeClock
@@ -293,8 +293,7 @@ type testServerOptions struct {
 	realClock      bool // use time.Now instead of a fake clock
 }
 
-// newTestServer starts a server over a fresh database in a temp dir. The
-// executor loop is not started: tests call srv.exec.pass or step themselves.
+// newTestServer starts a server over a fresh database in a temp dir.
 func newTestServer(t testing.TB, o testServerOptions) *testServer {
 	t.Helper()
 	if o.mode == "" {
@@ -309,23 +308,13 @@ func newTestServer(t testing.TB, o testServerOptions) *testServer {
 		now = time.Now
 	}
 	logs := &syncBuffer{}
-	log := newLogger(logs, "debug")
-	m := newMetrics()
-	st, err := openStore(context.Background(), o.dbPath, now, m)
+	a, err := newApp(context.Background(), appConfig{dbPath: o.dbPath, mode: o.mode,
+		bootstrapToken: o.bootstrapToken, reportRetention: 168 * time.Hour, now: now, log: newLogger(logs, "debug")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := newServer(context.Background(), st, m, log, serverOptions{
-		now: now, mode: o.mode, bootstrapToken: o.bootstrapToken, retention: 168 * time.Hour,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	writerDone := make(chan struct{})
-	go func() { st.runReportWriter(); close(writerDone) }()
-
-	tsrv := &testServer{server: srv, clock: clock, logs: logs}
-	tsrv.ts = httptest.NewUnstartedServer(srv.handler())
+	tsrv := &testServer{app: a, clock: clock, logs: logs}
+	tsrv.ts = httptest.NewUnstartedServer(a.srv.handler())
 	tsrv.ts.Config.ReadHeaderTimeout = readHeaderTimeout
 	tsrv.ts.Config.MaxHeaderBytes = maxHeaderBytes
 	if o.mode != "plain" {
@@ -346,14 +335,15 @@ func newTestServer(t testing.TB, o testServerOptions) *testServer {
 	tsrv.url = tsrv.ts.URL
 	t.Cleanup(func() {
 		tsrv.ts.Close()
-		st.stopReports()
-		<-writerDone
-		if err := st.close(); err != nil {
-			t.Errorf("close store: %v", err)
+		if err := a.close(); err != nil {
+			t.Errorf("close app: %v", err)
 		}
 	})
 	return tsrv
 }
+
+// pass runs one executor pass at the fake clock's time.
+func (ts *testServer) pass(ctx context.Context) { ts.exec.step(ctx, ts.clock.now()) }
 
 // client returns an HTTP client for the server; in TLS modes it trusts the
 // test CA and presents the named client certificate ("" for none).

@@ -18,6 +18,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -272,9 +273,10 @@ type serveHooks struct {
 }
 
 // Server timeouts. ReadHeaderTimeout and ReadTimeout cut off slow clients;
-// WriteTimeout bounds a response (the CSV export lifts it while streaming);
-// IdleTimeout is longer than the agents' 60 s poll so their keep-alive
-// connections are reused instead of re-handshaking TLS every minute.
+// WriteTimeout bounds a response (streamed responses manage their own
+// deadline per chunk); IdleTimeout is longer than the agents' 60 s poll so
+// their keep-alive connections are reused instead of re-handshaking TLS
+// every minute.
 const (
 	readHeaderTimeout = 10 * time.Second
 	readTimeout       = 30 * time.Second
@@ -299,8 +301,99 @@ func newHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
 	}
 }
 
-// serve runs the server until ctx is cancelled, in the startup order of the
-// spec: validate, log, TLS material, database, derived state, bind, loops, serve.
+// controlPlane is the domain layer: the operations the API offers. Each one
+// takes a context and plain values, runs its own transaction through the
+// store, and returns values or the errors of errors.go. It knows nothing of
+// HTTP and holds no SQL.
+type controlPlane struct {
+	st  *store
+	log *slog.Logger
+}
+
+// appConfig is what newApp needs besides the process's clock and logger.
+type appConfig struct {
+	dbPath          string
+	mode            string // plain, tls or mtls
+	bootstrapToken  string // empty: bootstrap needs no token
+	reportRetention time.Duration
+	now             func() time.Time
+	log             *slog.Logger
+}
+
+// app is the control plane wired together, once, for the server and for
+// every test: the store with its derived state, the metrics, the domain
+// layer, the HTTP layer, the executor and the retention job.
+type app struct {
+	st   *store
+	m    *metrics
+	cp   *controlPlane
+	srv  *server
+	exec *executor
+	ret  *retention
+	log  *slog.Logger
+
+	stopLoops context.CancelFunc
+	loops     sync.WaitGroup
+}
+
+// newApp opens the database (§12.5), rebuilds the derived state, initialises
+// every metric and starts the group-commit writer, without which no report
+// is ever answered. The other loops start with startLoops.
+func newApp(ctx context.Context, c appConfig) (*app, error) {
+	m := newMetrics()
+	st, err := openStore(ctx, c.dbPath, c.now, m)
+	if err != nil {
+		return nil, err
+	}
+	m.fleet = st.fleet
+	var active int64
+	if err := st.read(ctx, func(d dbq) error {
+		active, err = d.countActiveRollouts()
+		return err
+	}); err != nil {
+		st.close()
+		return nil, err
+	}
+	m.rolloutsActive.Store(active)
+	cp := &controlPlane{st: st, log: c.log}
+	a := &app{st: st, m: m, cp: cp, log: c.log, stopLoops: func() {}}
+	a.exec = newExecutor(st, m, c.log, c.now)
+	st.wakeExecutor = a.exec.wake
+	a.srv = newServer(cp, m, c.log, c.mode, c.bootstrapToken)
+	a.ret = &retention{st: st, log: c.log, period: c.reportRetention}
+	a.goLoop(func() { st.runReportWriter(c.log) })
+	return a, nil
+}
+
+func (a *app) goLoop(f func()) {
+	a.loops.Add(1)
+	go func() { defer a.loops.Done(); f() }()
+}
+
+// startLoops starts the background loops of a serving process: the WAL
+// checkpointer, the executor and the retention job (the first pass and the
+// first run are immediate).
+func (a *app) startLoops(executorInterval time.Duration) {
+	ctx, cancel := context.WithCancel(context.Background())
+	a.stopLoops = cancel
+	a.goLoop(func() { a.st.runCheckpointer(ctx, checkpointInterval, a.log) })
+	a.goLoop(func() { a.exec.run(ctx, executorInterval) })
+	a.goLoop(func() { a.ret.run(ctx, time.Hour) })
+}
+
+// close stops the loops (the executor finishes its current step), flushes
+// the group-commit queue (queued reports are committed and answered) and
+// closes the database with a final checkpoint.
+func (a *app) close() error {
+	a.stopLoops()
+	a.st.stopReports()
+	a.loops.Wait()
+	return a.st.close()
+}
+
+// serve runs the server until ctx is cancelled, in the startup order of
+// §1.4: configuration, logging, TLS material, bind, database, derived state,
+// loops, serve.
 func serve(ctx context.Context, cfg serveConfig, stderr io.Writer, hooks *serveHooks) error {
 	var bootstrapToken string
 	if cfg.bootstrapTokenFile != "" {
@@ -330,43 +423,26 @@ func serve(ctx context.Context, cfg serveConfig, stderr io.Writer, hooks *serveH
 		}
 	}
 
-	m := newMetrics()
-	st, err := openStore(ctx, cfg.dbPath, now, m)
+	// Bind before touching the database: a bad address or a port in use
+	// fails without creating or migrating anything. Nothing is accepted
+	// until Serve, after the derived state is built.
+	ln, err := net.Listen("tcp", cfg.listen)
 	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.listen, err)
+	}
+	a, err := newApp(ctx, appConfig{dbPath: cfg.dbPath, mode: mode, bootstrapToken: bootstrapToken,
+		reportRetention: cfg.reportRetention, now: now, log: log})
+	if err != nil {
+		ln.Close()
 		return err
 	}
 	log.Info("database ready", "path", cfg.dbPath, "schema_version", len(migrations))
-
-	srv, err := newServer(ctx, st, m, log, serverOptions{
-		now:            now,
-		mode:           mode,
-		bootstrapToken: bootstrapToken,
-		retention:      cfg.reportRetention,
-	})
-	if err != nil {
-		st.close()
-		return err
-	}
-
-	ln, err := net.Listen("tcp", cfg.listen)
-	if err != nil {
-		st.close()
-		return fmt.Errorf("listen on %s: %w", cfg.listen, err)
-	}
 	addr := ln.Addr().String()
 	if tlsConfig != nil {
 		ln = tls.NewListener(ln, tlsConfig)
 	}
-
-	httpServer := newHTTPServer(srv.handler(), log)
-
-	loopCtx, stopLoops := context.WithCancel(context.Background())
-	var loops sync.WaitGroup
-	loops.Add(4)
-	go func() { defer loops.Done(); st.runReportWriter() }()
-	go func() { defer loops.Done(); st.runCheckpointer(loopCtx, checkpointInterval, log) }()
-	go func() { defer loops.Done(); srv.exec.run(loopCtx, cfg.executorInterval) }()
-	go func() { defer loops.Done(); srv.runRetention(loopCtx, time.Hour) }()
+	httpServer := newHTTPServer(a.srv.handler(), log)
+	a.startLoops(cfg.executorInterval)
 
 	switch mode {
 	case "plain":
@@ -374,7 +450,11 @@ func serve(ctx context.Context, cfg serveConfig, stderr io.Writer, hooks *serveH
 	case "tls":
 		log.Warn("no client CA configured: agent endpoints are not authenticated")
 	}
-	if n, err := st.countKeys(ctx); err == nil && n == 0 {
+	var keys int
+	if err := a.st.read(ctx, func(d dbq) error {
+		keys, err = d.countKeys()
+		return err
+	}); err == nil && keys == 0 {
 		log.Warn("no API keys exist: POST /api/v1/keys/bootstrap is open",
 			"hint", "set --bootstrap-token-file to require a one-time secret")
 	}
@@ -398,11 +478,62 @@ func serve(ctx context.Context, cfg serveConfig, stderr io.Writer, hooks *serveH
 		}
 		cancel()
 	}
-	stopLoops()      // the executor finishes its current step, retention stops
-	st.stopReports() // flushes the group-commit queue
-	loops.Wait()
-	if err := st.close(); err != nil && result == nil {
+	if err := a.close(); err != nil && result == nil {
 		result = err
 	}
 	return result
+}
+
+// keysCreate is the `keys create` subcommand (§1.3): an offline emergency
+// key, written straight into the database (the server may be running).
+func keysCreate(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	var name, role, expiresAt, dbPath string
+	_, err := parseEnvFlags("keys create", args, getenv, []envFlag{
+		{"name", "", "", &name},
+		{"role", "", "readonly", &role},
+		{"expires-at", "", "", &expiresAt},
+		{"db-path", "NIXFLEET_CP_DB_PATH", defaultDBPath, &dbPath},
+	})
+	if err != nil {
+		return err
+	}
+	if name == "" {
+		return usagef("--name is required")
+	}
+	if err := checkKeyName("--name", name); err != nil {
+		return usagef("%v", err)
+	}
+	if err := checkRole("--role", role); err != nil {
+		return usagef("%v", err)
+	}
+	var expires *int64
+	if expiresAt != "" {
+		ms, err := checkExpiry("--expires-at", expiresAt, time.Now())
+		if err != nil {
+			return usagef("%v", err)
+		}
+		expires = &ms
+	}
+	if _, err := os.Stat(dbPath); errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("database %s does not exist", dbPath)
+	} else if err != nil {
+		return fmt.Errorf("open database %s: %w", dbPath, err)
+	}
+	st, err := openStore(ctx, dbPath, time.Now, newMetrics())
+	if err != nil {
+		return err
+	}
+	defer st.close()
+	var created *keyCreated
+	err = st.write(ctx, func(tx *txn) error {
+		var err error
+		created, err = createKeyTx(tx, "system:cli", name, role, expires)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, created.Key)
+	fmt.Fprintf(stderr, "created key id=%d name=%s role=%s\n", created.ID, created.Name, created.Role)
+	return nil
 }

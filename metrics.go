@@ -322,7 +322,7 @@ func (m *metrics) writeTo(out io.Writer) error {
 	order := slices.Clone(lifecycles)
 	slices.Sort(order)
 	for _, l := range order {
-		e.sample("nixfleet_machines_by_lifecycle", []string{"lifecycle"}, []string{l}, float64(byLifecycle[lifecycleIndex(l)]))
+		e.sample("nixfleet_machines_by_lifecycle", []string{"lifecycle"}, []string{string(l)}, float64(byLifecycle[lifecycleIndex(l)]))
 	}
 
 	e.header("nixfleet_report_group_commit_size", "histogram", "Reports committed per group commit.")

@@ -233,7 +233,7 @@ func TestMetricsStartup(t *testing.T) {
 		"nixfleet_fleet_size", "nixfleet_rollouts_active", "nixfleet_executor_errors_total",
 	}
 	for _, l := range lifecycles {
-		zero = append(zero, `nixfleet_machines_by_lifecycle{lifecycle="`+l+`"}`)
+		zero = append(zero, `nixfleet_machines_by_lifecycle{lifecycle="`+string(l)+`"}`)
 	}
 	for _, s := range []string{"paused", "completed", "failed", "cancelled"} {
 		zero = append(zero, `nixfleet_rollouts_total{status="`+s+`"}`)
@@ -351,8 +351,9 @@ func TestMetricsHTTPRequests(t *testing.T) {
 
 	fams := metParse(t, metScrape(t, u))
 	patterns := map[string]bool{"unmatched": true}
-	for _, rt := range e.ts.routes {
-		patterns[rt.pattern] = true
+	for _, p := range e.ts.srv.patterns {
+		_, path, _ := strings.Cut(p, " ")
+		patterns[path] = true
 	}
 	counted := map[string]float64{}
 	for _, name := range []string{"nixfleet_http_requests_total", "nixfleet_http_request_duration_seconds"} {
@@ -513,17 +514,17 @@ func TestMetricsRolloutsActive(t *testing.T) {
 		active(1)
 
 		ctx := context.Background()
-		ts.exec.pass(ctx)
+		ts.pass(ctx)
 		expect(t, do(t, c, "POST", u+"/api/v1/machines/web-02/report", "", healthBody("web-02", storePath('b', "nixos-system-web-02"))), 200, "")
-		ts.exec.pass(ctx)
+		ts.pass(ctx)
 		active(0)
 		total("completed", 1)
 
 		relRollout(t, e, rel, map[string]any{"on_failure": "revert"}, "web-03")
 		active(1)
-		ts.exec.pass(ctx)
+		ts.pass(ctx)
 		expect(t, do(t, c, "POST", u+"/api/v1/machines/web-03/report", "", reportBody("web-03", "", false, "boom")), 200, "")
-		ts.exec.pass(ctx)
+		ts.pass(ctx)
 		active(0)
 		total("failed", 1)
 
@@ -702,7 +703,7 @@ func metScenario(t *testing.T) *accEnv {
 	ok(do(t, e.c, "POST", u+"/api/v1/machines/x/register", e.D, nil), 403)
 	rel := relCreate(t, e, e.D, map[string]any{"entries": []any{relEntry("web-01", 'a'), relEntry("web-02", 'b')}})
 	rid := relRollout(t, e, rel, nil, "web-01", "web-02")
-	e.ts.exec.pass(context.Background())
+	e.ts.pass(context.Background())
 	ok(do(t, e.c, "POST", u+"/api/v1/rollouts/"+rid+"/pause", e.D, nil), 200)
 	ok(do(t, e.c, "GET", u+"/api/v1/rollouts/"+rid, e.R, nil), 200)
 	ok(do(t, e.c, "GET", u+"/api/v1/releases/"+rel+"/diff/"+rel, e.R, nil), 200)

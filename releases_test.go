@@ -493,11 +493,11 @@ func TestReleaseList(t *testing.T) {
 	err := e.ts.st.write(context.Background(), func(tx *txn) error {
 		for i := 0; i < 597; i++ {
 			id := "rel-bulk-" + fmt.Sprint(i)
-			if _, err := tx.ExecContext(tx.ctx, `INSERT INTO release (id, host_count, created_at, created_by)
+			if _, err := tx.exec(`INSERT INTO release (id, host_count, created_at, created_by)
 				VALUES (?, 1, ?, 'test')`, id, tx.now-int64(10_000+i)); err != nil {
 				return err
 			}
-			if _, err := tx.ExecContext(tx.ctx, `INSERT INTO release_entry (release_id, hostname, store_path, platform, tags)
+			if _, err := tx.exec(`INSERT INTO release_entry (release_id, hostname, store_path, platform, tags)
 				VALUES (?, 'web-00', ?, 'p', '[]')`, id, storePath('b', "x")); err != nil {
 				return err
 			}
@@ -684,7 +684,7 @@ func TestReleaseDeleteReferenced(t *testing.T) {
 	// Rollout 1 on web-01: running, paused, then cancelled.
 	r1 := relRollout(t, e, rel, nil, "web-01")
 	refused(t, "running (not yet deployed)")
-	e.ts.exec.pass(ctx)
+	e.ts.pass(ctx)
 	refused(t, "running")
 	expect(t, do(t, e.c, "POST", e.ts.url+"/api/v1/rollouts/"+r1+"/pause", e.D, nil), 200, "")
 	refused(t, "paused")
@@ -696,9 +696,9 @@ func TestReleaseDeleteReferenced(t *testing.T) {
 
 	// Rollout 2 on web-01 completes: a passing health report on its path.
 	r2 := relRollout(t, e, rel, nil, "web-01")
-	e.ts.exec.pass(ctx)
+	e.ts.pass(ctx)
 	expect(t, do(t, e.c, "POST", e.ts.url+"/api/v1/machines/web-01/report", "", healthBody("web-01", storePath('a', "nixos-system-web-01"))), 200, "")
-	e.ts.exec.pass(ctx)
+	e.ts.pass(ctx)
 	if s := relRolloutStatus(t, e, r2); s != "completed" {
 		t.Fatalf("rollout 2 is %s", s)
 	}
@@ -706,9 +706,9 @@ func TestReleaseDeleteReferenced(t *testing.T) {
 
 	// Rollout 3 on web-02 fails and reverts.
 	r3 := relRollout(t, e, rel, map[string]any{"on_failure": "revert"}, "web-02")
-	e.ts.exec.pass(ctx)
+	e.ts.pass(ctx)
 	expect(t, do(t, e.c, "POST", e.ts.url+"/api/v1/machines/web-02/report", "", reportBody("web-02", "", false, "rolled back: boom")), 200, "")
-	e.ts.exec.pass(ctx)
+	e.ts.pass(ctx)
 	if s := relRolloutStatus(t, e, r3); s != "failed" {
 		t.Fatalf("rollout 3 is %s", s)
 	}

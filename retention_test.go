@@ -32,20 +32,23 @@ func retSeed(t testing.TB, ts *testServer, machine string, reps []retReport) []i
 	var ids []int64
 	err := ts.st.write(context.Background(), func(tx *txn) error {
 		if tx.machine(machine) == nil {
-			if _, err := tx.insertMachine(machine, "active", nil); err != nil {
+			if _, err := tx.insertMachine(machine, lcActive); err != nil {
 				return err
 			}
 		}
 		for _, r := range reps {
-			res, err := tx.ExecContext(tx.ctx, `INSERT INTO report (machine_id, generation, success, message, agent_ts,
+			res, err := tx.exec(`INSERT INTO report (machine_id, generation, success, message, agent_ts,
 				received_at, agent_version, uptime_seconds) VALUES (?, '', 1, 'health-check', ?, ?, '0.1.0', 1)`, machine, r.at, r.at)
 			if err != nil {
 				return err
 			}
-			id, _ := res.LastInsertId()
+			id, err := res.LastInsertId()
+			if err != nil {
+				return err
+			}
 			ids = append(ids, id)
 			if r.health {
-				if _, err := tx.ExecContext(tx.ctx, `INSERT INTO health_report (report_id, machine_id, generation, all_passed,
+				if _, err := tx.exec(`INSERT INTO health_report (report_id, machine_id, generation, all_passed,
 					results, failed_checks, measured_at, received_at) VALUES (?, ?, '', 1, '[]', '', ?, ?)`,
 					id, machine, r.measured, r.at); err != nil {
 					return err
@@ -202,7 +205,7 @@ func TestRetentionHealthReports(t *testing.T) {
 	c := retSeed(t, ts, "web-03", []retReport{{at: at(5 * day), health: true}}) // only one: kept
 	reportsBefore := accCount(t, ts, "SELECT count(*) FROM report")
 
-	health, reports, err := ts.retain(context.Background())
+	health, reports, err := ts.ret.prune(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -226,7 +229,7 @@ func TestRetentionHealthReports(t *testing.T) {
 		t.Errorf("reports %d -> %d: the 24 h rule must not delete reports", reportsBefore, n)
 	}
 	// A second run finds nothing more to do.
-	if h, r, err := ts.retain(context.Background()); err != nil || h != 0 || r != 0 {
+	if h, r, err := ts.ret.prune(context.Background()); err != nil || h != 0 || r != 0 {
 		t.Fatalf("second run: %d, %d, %v", h, r, err)
 	}
 }
@@ -271,7 +274,7 @@ func TestRetentionReports(t *testing.T) {
 
 	auditBefore := accCount(t, ts, "SELECT count(*) FROM audit_event")
 	machinesBefore := accCount(t, ts, "SELECT count(*) FROM machine")
-	health, reports, err := ts.retain(context.Background())
+	health, reports, err := ts.ret.prune(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -314,8 +317,8 @@ func TestRetentionReports(t *testing.T) {
 
 	// A shorter --report-retention through the server option: web-c's
 	// reports are now old, and only its newest 100 stay.
-	ts.retention = 2 * time.Hour
-	if _, reports, err := ts.retain(context.Background()); err != nil || reports != 50+1 {
+	ts.ret.period = 2 * time.Hour
+	if _, reports, err := ts.ret.prune(context.Background()); err != nil || reports != 50+1 {
 		t.Fatalf("retain with 2h retention: %d reports, %v; want 51 (web-c's 50 and web-e's last old one)", reports, err)
 	}
 	if got := retReportsOf(t, ro, "web-c"); !slices.Equal(got, c[50:]) {
@@ -347,7 +350,7 @@ func TestRetentionChunks(t *testing.T) {
 
 	commits := ts.m.commitDuration.snapshot().count
 	start := time.Now()
-	health, reports, err := ts.retain(context.Background())
+	health, reports, err := ts.ret.prune(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}

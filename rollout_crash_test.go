@@ -157,13 +157,14 @@ func rtReadCrashState(t *testing.T, dbPath, rid string) rtCrashState {
 		}
 	}
 	must(db.QueryRowContext(ctx, "SELECT status FROM rollout WHERE id = ?", rid).Scan(&st.status))
-	bs, err := loadBatches(ctx, db, rid)
+	d := dbq{ctx, db}
+	bs, err := d.batches(rid)
 	must(err)
 	for _, b := range bs {
-		st.batches = append(st.batches, b.Status)
+		st.batches = append(st.batches, string(b.Status))
 		st.started = append(st.started, b.StartedAt != nil)
 	}
-	ms, err := loadMembers(ctx, db, rid, -1)
+	ms, err := d.members(rid, -1)
 	must(err)
 	for _, m := range ms {
 		st.members[m.MachineID] = m

@@ -389,8 +389,8 @@ func TestThresholdAndBatchSizeValidation(t *testing.T) {
 		if (err == nil) != tc.ok {
 			t.Errorf("checkThreshold(%q) = %v, want ok=%v", tc.v, err, tc.ok)
 		}
-		var ae *apiError
-		if err != nil && (!errors.As(err, &ae) || ae.status != 400 || !strings.HasPrefix(ae.msg, "failure_threshold: ")) {
+		var ve *validationError
+		if err != nil && (!errors.As(err, &ve) || !strings.HasPrefix(ve.msg, "failure_threshold: ")) {
 			t.Errorf("checkThreshold(%q) error %v, want a 400 naming failure_threshold", tc.v, err)
 		}
 	}
@@ -407,8 +407,8 @@ func TestThresholdAndBatchSizeValidation(t *testing.T) {
 		if (err == nil) != tc.ok {
 			t.Errorf("checkBatchSize(%q) = %v, want ok=%v", tc.v, err, tc.ok)
 		}
-		var ae *apiError
-		if err != nil && (!errors.As(err, &ae) || ae.status != 400 || !strings.HasPrefix(ae.msg, "batch_sizes[0]: ")) {
+		var ve *validationError
+		if err != nil && (!errors.As(err, &ve) || !strings.HasPrefix(ve.msg, "batch_sizes[0]: ")) {
 			t.Errorf("checkBatchSize(%q) error %v, want a 400 naming batch_sizes[0]", tc.v, err)
 		}
 	}
@@ -470,7 +470,7 @@ func TestEvaluateBatchPure(t *testing.T) {
 	D := "/nix/store/d"
 	r := &rolloutRow{ID: "r-x", FailureThreshold: "1", HealthTimeout: 10}
 	mem := func(id string) memberRow { return memberRow{MachineID: id, StorePath: D, Health: healthPending} }
-	active := func(string) string { return "active" }
+	active := func(string) lifecycle { return lcActive }
 	pass := []evidence{{id: 1, generation: D, success: true, hasHealth: true, allPassed: true}}
 	bad := []evidence{{id: 2, generation: D, success: false, message: "x"}}
 
@@ -483,11 +483,11 @@ func TestEvaluateBatchPure(t *testing.T) {
 		}
 	})
 	t.Run("row 1: decommissioned during evaluation", func(t *testing.T) {
-		lc := func(id string) string {
+		lc := func(id string) lifecycle {
 			if id == "a" {
-				return "decommissioned"
+				return lcDecommissioned
 			}
-			return "active"
+			return lcActive
 		}
 		v := evaluateBatch(r, batchRow{Status: "waiting_health", StartedAt: rtPtr(S)}, []memberRow{mem("a"), mem("b")},
 			map[string][]evidence{"b": pass}, lc, S+1)
@@ -601,7 +601,7 @@ func (e *rtExecEnv) detail(rid string) rolloutDetail {
 }
 func (e *rtExecEnv) report(body map[string]any) { e.t.Helper(); rtReport(e.t, e.c, e.url, body) }
 func (e *rtExecEnv) advance(d time.Duration)    { e.ts.clock.advance(d) }
-func (e *rtExecEnv) pass()                      { e.ts.exec.pass(e.ctx) }
+func (e *rtExecEnv) pass()                      { e.ts.pass(e.ctx) }
 func (e *rtExecEnv) nowStr() string             { return fmtTime(e.ts.clock.now().UnixMilli()) }
 func (e *rtExecEnv) metric(series string) float64 {
 	e.t.Helper()
@@ -611,7 +611,7 @@ func (e *rtExecEnv) metric(series string) float64 {
 // step runs one executor step and fails the test on error.
 func (e *rtExecEnv) step(rid string) bool {
 	e.t.Helper()
-	progressed, err := e.ts.exec.step(e.ctx, rid)
+	progressed, err := e.ts.exec.advance(e.ctx, rid, e.ts.clock.now().UnixMilli())
 	if err != nil {
 		e.t.Fatalf("step: %v", err)
 	}
@@ -1709,11 +1709,12 @@ func TestExecutorCompareAndSwap(t *testing.T) {
 		return e, e.create(rtHostsRollout(rel, "all_at_once", "web-01")).RolloutID
 	}
 	snapshot := func(t *testing.T, e *rtExecEnv, rid string) (*rolloutRow, []batchRow) {
-		r, err := loadRollout(e.ctx, e.ts.st.ro, rid)
-		if err != nil {
-			t.Fatal(err)
+		d := dbq{e.ctx, e.ts.st.ro}
+		r, err := d.rollout(rid)
+		if err != nil || r == nil {
+			t.Fatal(r, err)
 		}
-		bs, err := loadBatches(e.ctx, e.ts.st.ro, rid)
+		bs, err := d.batches(rid)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -1749,11 +1750,12 @@ func TestExecutorCompareAndSwap(t *testing.T) {
 		e.advance(time.Second)
 		e.report(reportBody("web-01", rtOldPath("web-01"), false, "rolled back: x"))
 		r, bs := snapshot(t, e, rid)
-		members, err := loadMembers(e.ctx, e.ts.st.ro, rid, 0)
+		d := dbq{e.ctx, e.ts.st.ro}
+		members, err := d.members(rid, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, sums, err := e.ts.exec.evidence.update(e.ctx, e.ts.st.ro, r, bs[0])
+		_, sums, err := e.ts.exec.evidence.update(d, r, bs[0])
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -1910,7 +1912,7 @@ func TestExecutorStepErrorSkipsRollout(t *testing.T) {
 	e.advance(time.Millisecond) // "oldest first": broken is older
 	ok := e.create(rtHostsRollout(rel, "all_at_once", "web-02")).RolloutID
 	if err := e.ts.st.write(e.ctx, func(tx *txn) error {
-		_, err := tx.ExecContext(tx.ctx, "UPDATE rollout SET batch_sizes = 'not json' WHERE id = ?", broken)
+		_, err := tx.exec("UPDATE rollout SET batch_sizes = 'not json' WHERE id = ?", broken)
 		return err
 	}); err != nil {
 		t.Fatal(err)

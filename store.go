@@ -18,24 +18,31 @@ import (
 	"modernc.org/sqlite"
 )
 
+// The store owns the SQLite database: opening and checking it, migrations,
+// write transactions and read snapshots. All SQL lives in store*.go; the
+// domain layer calls the methods defined there on *txn (inside a write
+// transaction) and on dbq (any read).
+
 //go:embed schema.sql
 var schemaSQL string
 
 // migrations are applied in order; migrations[i] brings the schema from
 // user_version i to i+1. The first release ships one: the whole schema.
+// The schema is released: every change is a new entry here, never an edit.
 var migrations = []string{schemaSQL}
 
-// store owns the SQLite database. Writes go through one connection and are
+// store owns the database. Writes go through one connection and are
 // serialised by mu, which is held from BEGIN IMMEDIATE until the derived
 // in-memory state (the fleet index, metrics) has been updated after the
 // commit, so that state always reflects exactly the committed transactions in
-// commit order. Reads use a separate pool and never wait for the writer (WAL).
+// commit order. Reads use separate pools and never wait for the writer (WAL).
 type store struct {
 	path    string
-	db      *sql.DB   // the writer pool: one connection, held by conn
+	db      *sql.DB   // the writer pool: the writer and the checkpointer connections
 	conn    *sql.Conn // the single writer connection; transactions are explicit
 	ckpt    *sql.Conn // the checkpointer's connection
 	ro      *sql.DB   // read pool
+	keys    *sql.DB   // API-key lookups only, so they never queue behind long reads
 	mu      sync.Mutex
 	now     func() time.Time
 	metrics *metrics
@@ -43,9 +50,9 @@ type store struct {
 	reports *reportQueue
 	stmts   writerStmts
 
-	// onWatchedReport is called after the commit of a report from a machine
-	// whose batch is being evaluated: it wakes the rollout executor.
-	onWatchedReport func()
+	// wakeExecutor is called after a commit that gives the rollout executor
+	// work: a report from a watched machine, a rollout created or resumed.
+	wakeExecutor func()
 }
 
 // sqliteHeader is the first 16 bytes of every SQLite 3 database file.
@@ -86,29 +93,29 @@ func openStore(ctx context.Context, path string, now func() time.Time, m *metric
 	// up front and never fails half-way with SQLITE_BUSY on lock upgrade.
 	base := "file:" + (&url.URL{Path: path}).EscapedPath()
 	pragmas := "_busy_timeout=5000&_foreign_keys=1&_journal_mode=WAL&_synchronous=FULL"
-	db, err := sql.Open("sqlite", base+"?"+pragmas+"&_txlock=immediate")
-	if err != nil {
+	s := &store{path: path, now: now, metrics: m, fleet: newFleet(), reports: newReportQueue()}
+	fail := func(err error) (*store, error) {
+		s.closePools()
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
-	db.SetMaxOpenConns(2) // the writer and the checkpointer
-	db.SetMaxIdleConns(2)
-	db.SetConnMaxLifetime(0)
+	if s.db, err = sql.Open("sqlite", base+"?"+pragmas+"&_txlock=immediate"); err != nil {
+		return fail(err)
+	}
+	s.db.SetMaxOpenConns(2) // the writer and the checkpointer
+	s.db.SetMaxIdleConns(2)
+	s.db.SetConnMaxLifetime(0)
 	var mode string
-	if err := db.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("open database %s: %w", path, err)
+	if err := s.db.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil {
+		return fail(err)
 	}
 	if mode != "wal" {
-		db.Close()
-		return nil, fmt.Errorf("open database %s: journal_mode is %q, want wal", path, mode)
+		return fail(fmt.Errorf("journal_mode is %q, want wal", mode))
 	}
 	// The writer runs BEGIN IMMEDIATE/COMMIT/ROLLBACK itself on one dedicated
 	// connection, so that after a failed COMMIT (a full disk, a read-only
 	// file) it can always roll back and leave the connection usable.
-	conn, err := db.Conn(ctx)
-	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("open database %s: %w", path, err)
+	if s.conn, err = s.db.Conn(ctx); err != nil {
+		return fail(err)
 	}
 	// runCheckpointer copies the WAL into the database file from its own
 	// connection, on the other core, so the writer's own automatic checkpoint
@@ -116,43 +123,42 @@ func openStore(ctx context.Context, path string, now func() time.Time, m *metric
 	// catches up with it) has little left to copy inside a commit that
 	// reports are waiting for. A larger page cache keeps the indexes of a big
 	// fleet in memory.
-	ckpt, err := db.Conn(ctx)
-	if err == nil {
-		_, err = conn.ExecContext(ctx, "PRAGMA wal_autocheckpoint = 4000") // pages: about 16 MiB
+	if s.ckpt, err = s.db.Conn(ctx); err != nil {
+		return fail(err)
 	}
-	if err == nil {
-		_, err = conn.ExecContext(ctx, "PRAGMA cache_size = -65536") // KiB
+	for _, p := range []string{
+		"PRAGMA wal_autocheckpoint = 4000",     // pages: about 16 MiB
+		"PRAGMA cache_size = -65536",           // KiB
+		"PRAGMA journal_size_limit = 67108864", // truncate a reset WAL to 64 MiB
+	} {
+		if _, err := s.conn.ExecContext(ctx, p); err != nil {
+			return fail(err)
+		}
 	}
-	if err == nil {
-		_, err = conn.ExecContext(ctx, "PRAGMA journal_size_limit = 67108864") // truncate a reset WAL to 64 MiB
+	if s.ro, err = sql.Open("sqlite", base+"?"+pragmas+"&_query_only=1"); err != nil {
+		return fail(err)
 	}
-	if err != nil {
-		conn.Close()
-		db.Close()
-		return nil, fmt.Errorf("open database %s: %w", path, err)
+	s.ro.SetMaxOpenConns(8)
+	s.ro.SetMaxIdleConns(8)
+	// Every authenticated request looks its key up here (§3.1: no cache may
+	// hide a new or revoked key). A pool of its own means that slow readers
+	// (exports, large listings) can never make authentication wait.
+	if s.keys, err = sql.Open("sqlite", base+"?"+pragmas+"&_query_only=1"); err != nil {
+		return fail(err)
 	}
-	ro, err := sql.Open("sqlite", base+"?"+pragmas+"&_query_only=1")
-	if err != nil {
-		ckpt.Close()
-		conn.Close()
-		db.Close()
-		return nil, fmt.Errorf("open database %s: %w", path, err)
-	}
-	ro.SetMaxOpenConns(8)
-	ro.SetMaxIdleConns(8)
+	s.keys.SetMaxOpenConns(2)
+	s.keys.SetMaxIdleConns(2)
 
-	s := &store{path: path, db: db, conn: conn, ckpt: ckpt, ro: ro, now: now, metrics: m, fleet: newFleet()}
-	s.reports = newReportQueue()
 	if err := s.migrate(ctx); err != nil {
-		s.close()
+		s.closePools()
 		return nil, err
 	}
 	if err := s.prepare(ctx); err != nil {
-		s.close()
+		s.closePools()
 		return nil, err
 	}
 	if err := s.loadFleet(ctx); err != nil {
-		s.close()
+		s.closePools()
 		return nil, fmt.Errorf("load machines: %w", err)
 	}
 	return s, nil
@@ -197,10 +203,10 @@ func (s *store) migrate(ctx context.Context) error {
 	}
 	for i := v; i < len(migrations); i++ {
 		err := s.write(ctx, func(tx *txn) error {
-			if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
+			if _, err := tx.exec(migrations[i]); err != nil {
 				return err
 			}
-			_, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", i+1))
+			_, err := tx.exec(fmt.Sprintf("PRAGMA user_version = %d", i+1))
 			return err
 		})
 		if err != nil {
@@ -210,23 +216,32 @@ func (s *store) migrate(ctx context.Context) error {
 	return nil
 }
 
-// close checkpoints the WAL into the main file and closes both pools.
-func (s *store) close() error {
+// closePools closes whatever openStore has opened so far.
+func (s *store) closePools() {
 	for _, st := range s.stmts.all() {
 		if st != nil {
 			st.Close()
 		}
 	}
+	for _, c := range []*sql.Conn{s.ckpt, s.conn} {
+		if c != nil {
+			c.Close()
+		}
+	}
+	for _, db := range []*sql.DB{s.keys, s.ro, s.db} {
+		if db != nil {
+			db.Close()
+		}
+	}
+}
+
+// close checkpoints the WAL into the main file and closes every pool.
+func (s *store) close() error {
 	var err error
 	if _, cerr := s.conn.ExecContext(context.Background(), "PRAGMA wal_checkpoint(TRUNCATE)"); cerr != nil {
 		err = fmt.Errorf("checkpoint database: %w", cerr)
 	}
-	s.ro.Close()
-	s.ckpt.Close()
-	s.conn.Close()
-	if cerr := s.db.Close(); cerr != nil && err == nil {
-		err = fmt.Errorf("close database: %w", cerr)
-	}
+	s.closePools()
 	return err
 }
 
@@ -252,11 +267,48 @@ func (s *store) runCheckpointer(ctx context.Context, interval time.Duration, log
 	}
 }
 
-// isBusy reports whether err is SQLITE_BUSY (another process holds the write
-// lock for longer than the busy timeout).
-func isBusy(err error) bool {
+// busyErr wraps SQLITE_BUSY (another process holds the write lock for longer
+// than the busy timeout) as errBusy; other errors pass through unchanged.
+func busyErr(err error) error {
 	var se *sqlite.Error
-	return errors.As(err, &se) && se.Code()&0xff == 5
+	if errors.As(err, &se) && se.Code()&0xff == 5 {
+		return fmt.Errorf("%w: %v", errBusy, err)
+	}
+	return err
+}
+
+// queryer is what *sql.DB, *sql.Tx and *sql.Conn offer for reads.
+type queryer interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// dbq binds the read queries of store*.go to one connection or transaction
+// and one context. Write transactions embed it, so a write reads its own
+// uncommitted state.
+type dbq struct {
+	ctx context.Context
+	q   queryer
+}
+
+func (d dbq) query(query string, args ...any) (*sql.Rows, error) {
+	return d.q.QueryContext(d.ctx, query, args...)
+}
+
+func (d dbq) queryRow(query string, args ...any) *sql.Row {
+	return d.q.QueryRowContext(d.ctx, query, args...)
+}
+
+// read runs fn in one read transaction, so that it sees one consistent
+// snapshot. It holds a read connection only while fn runs: fn must not wait
+// for a client.
+func (s *store) read(ctx context.Context, fn func(d dbq) error) error {
+	tx, err := s.ro.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin read: %w", err)
+	}
+	defer tx.Rollback()
+	return fn(dbq{ctx, tx})
 }
 
 // txn is one write transaction. Besides the SQL transaction it carries the
@@ -264,14 +316,20 @@ func isBusy(err error) bool {
 // that later statements in the same transaction see them), and the updates of
 // derived state that must run only once the commit has succeeded.
 type txn struct {
-	*sql.Conn // the writer connection, inside BEGIN IMMEDIATE
-	ctx       context.Context
-	s         *store
-	now       int64 // Unix milliseconds, one value per transaction
-	machines  map[string]*machineRec
-	undo      []undoEntry
-	after     []func()
-	audits    []string // actions of the audit rows written, for the metric
+	dbq
+	conn     *sql.Conn // the writer connection, inside BEGIN IMMEDIATE
+	s        *store
+	now      int64 // Unix milliseconds, one value per transaction
+	machines map[string]*machineRec
+	undo     []undoEntry
+	before   []keyedHook // run last, before COMMIT
+	after    []func()
+	audits   []string // actions of the audit rows written, for the metric
+}
+
+type keyedHook struct {
+	key string
+	f   func() error
 }
 
 type undoEntry struct {
@@ -279,22 +337,36 @@ type undoEntry struct {
 	old *machineRec // nil: the id was not in the overlay
 }
 
+func (t *txn) exec(query string, args ...any) (sql.Result, error) {
+	return t.conn.ExecContext(t.ctx, query, args...)
+}
+
 // write runs fn in one BEGIN IMMEDIATE transaction and commits it. If fn
-// returns an error, everything is rolled back and the error returned as is
-// (an *apiError keeps its status). Derived state is updated only after a
-// successful commit, before the next write transaction can start.
+// returns an error, everything is rolled back and the error returned as is.
+// If fn panics, the transaction is rolled back and the writer released
+// before the panic goes on, so one bug cannot wedge every later write.
+// Derived state is updated only after a successful commit, before the next
+// write transaction can start. SQLITE_BUSY comes back wrapped as errBusy.
 func (s *store) write(ctx context.Context, fn func(tx *txn) error) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	t, err := s.begin(ctx)
 	if err != nil {
-		return err
+		return busyErr(err)
 	}
-	if err := fn(t); err != nil {
+	returned := false
+	defer func() {
+		if !returned {
+			t.rollback()
+		}
+	}()
+	err = fn(t)
+	returned = true
+	if err != nil {
 		t.rollback()
-		return err
+		return busyErr(err)
 	}
-	return t.commit()
+	return busyErr(t.commit())
 }
 
 // begin starts a write transaction; the caller holds s.mu.
@@ -307,13 +379,13 @@ func (s *store) begin(ctx context.Context) (*txn, error) {
 		s.conn.ExecContext(context.Background(), "ROLLBACK")
 		return nil, fmt.Errorf("begin transaction: %w", err)
 	}
-	return &txn{Conn: s.conn, ctx: ctx, s: s, now: s.now().UnixMilli(), machines: map[string]*machineRec{}}, nil
+	return &txn{dbq: dbq{ctx, s.conn}, conn: s.conn, s: s, now: s.now().UnixMilli(), machines: map[string]*machineRec{}}, nil
 }
 
 // rollback abandons the transaction. It does not use the request's context:
 // a cancelled request must still release the write lock.
 func (t *txn) rollback() {
-	t.Conn.ExecContext(context.Background(), "ROLLBACK")
+	t.conn.ExecContext(context.Background(), "ROLLBACK")
 }
 
 // commit commits and then applies the derived-state updates; the caller
@@ -321,8 +393,14 @@ func (t *txn) rollback() {
 // the next transaction. The commit does not use the request's context: once
 // every statement has run, a client going away does not undo the change.
 func (t *txn) commit() error {
+	for i := 0; i < len(t.before); i++ {
+		if err := t.before[i].f(); err != nil {
+			t.rollback()
+			return err
+		}
+	}
 	start := time.Now() // a duration for the metric, not a timestamp
-	if _, err := t.Conn.ExecContext(context.Background(), "COMMIT"); err != nil {
+	if _, err := t.conn.ExecContext(context.Background(), "COMMIT"); err != nil {
 		t.rollback()
 		return fmt.Errorf("commit: %w", err)
 	}
@@ -342,11 +420,23 @@ func (t *txn) commit() error {
 // afterCommit registers f to run once the transaction has committed.
 func (t *txn) afterCommit(f func()) { t.after = append(t.after, f) }
 
+// beforeCommit registers f to run after everything else the transaction
+// does and just before COMMIT; an error rolls the transaction back. f runs
+// once per key, however often it is registered.
+func (t *txn) beforeCommit(key string, f func() error) {
+	for _, h := range t.before {
+		if h.key == key {
+			return
+		}
+	}
+	t.before = append(t.before, keyedHook{key, f})
+}
+
 // savepoint runs fn under its own SAVEPOINT. If fn fails, its statements and
 // its changes to the transaction's overlay and hooks are undone, the rest of
 // the transaction is kept, and fn's error is returned.
 func (t *txn) savepoint(fn func() error) error {
-	undo, after, audits := len(t.undo), len(t.after), len(t.audits)
+	undo, before, after, audits := len(t.undo), len(t.before), len(t.after), len(t.audits)
 	if _, err := t.s.stmts.savepoint.ExecContext(t.ctx); err != nil {
 		return fmt.Errorf("savepoint: %w", err)
 	}
@@ -365,214 +455,13 @@ func (t *txn) savepoint(fn func() error) error {
 				t.machines[u.id] = u.old
 			}
 		}
-		t.undo, t.after, t.audits = t.undo[:undo], t.after[:after], t.audits[:audits]
+		t.undo, t.before, t.after, t.audits = t.undo[:undo], t.before[:before], t.after[:after], t.audits[:audits]
 		return err
 	}
 	if _, err := t.s.stmts.release.ExecContext(t.ctx); err != nil {
 		return fmt.Errorf("release savepoint: %w", err)
 	}
 	return nil
-}
-
-// machine returns the machine as this transaction sees it, or nil if it does
-// not exist. The record must not be modified; use the txn setters.
-func (t *txn) machine(id string) *machineRec {
-	if m, ok := t.machines[id]; ok {
-		return m
-	}
-	return t.s.fleet.get(id)
-}
-
-// stage records rec as the transaction's new version of the machine.
-func (t *txn) stage(rec *machineRec) {
-	t.undo = append(t.undo, undoEntry{id: rec.ID, old: t.machines[rec.ID]})
-	t.machines[rec.ID] = rec
-}
-
-// insertMachine creates a machine with the given lifecycle and tags.
-func (t *txn) insertMachine(id, lifecycle string, tags []string) (*machineRec, error) {
-	if _, err := t.s.stmts.insertMachine.ExecContext(t.ctx, id, lifecycle, t.now); err != nil {
-		return nil, fmt.Errorf("insert machine: %w", err)
-	}
-	rec := &machineRec{ID: id, Lifecycle: lifecycle, RegisteredAt: t.now, LastSuccess: -1, Tags: []string{}}
-	t.stage(rec)
-	if len(tags) > 0 {
-		return t.setTags(rec, tags)
-	}
-	return rec, nil
-}
-
-// setTags replaces the machine's tag set (tags must be sorted and unique).
-func (t *txn) setTags(m *machineRec, tags []string) (*machineRec, error) {
-	if _, err := t.ExecContext(t.ctx, "DELETE FROM machine_tag WHERE machine_id = ?", m.ID); err != nil {
-		return nil, fmt.Errorf("delete tags: %w", err)
-	}
-	for _, tag := range tags {
-		if _, err := t.ExecContext(t.ctx, "INSERT INTO machine_tag (machine_id, tag) VALUES (?, ?)", m.ID, tag); err != nil {
-			return nil, fmt.Errorf("insert tag: %w", err)
-		}
-	}
-	rec := m.clone()
-	rec.Tags = tags
-	t.stage(rec)
-	return rec, nil
-}
-
-// setLifecycle changes the lifecycle column; callers check the transition.
-func (t *txn) setLifecycle(m *machineRec, to string) (*machineRec, error) {
-	if _, err := t.ExecContext(t.ctx, "UPDATE machine SET lifecycle = ? WHERE machine_id = ?", to, m.ID); err != nil {
-		return nil, fmt.Errorf("update lifecycle: %w", err)
-	}
-	rec := m.clone()
-	rec.Lifecycle = to
-	t.stage(rec)
-	return rec, nil
-}
-
-// setDesired sets the machine's desired generation.
-func (t *txn) setDesired(m *machineRec, hash string, cacheURL *string, actor string) (*machineRec, error) {
-	if _, err := t.ExecContext(t.ctx, `INSERT INTO desired_generation (machine_id, hash, cache_url, set_at, set_by)
-		VALUES (?, ?, ?, ?, ?)
-		ON CONFLICT (machine_id) DO UPDATE SET hash = excluded.hash, cache_url = excluded.cache_url,
-			set_at = excluded.set_at, set_by = excluded.set_by`,
-		m.ID, hash, cacheURL, t.now, actor); err != nil {
-		return nil, fmt.Errorf("set desired generation: %w", err)
-	}
-	rec := m.clone()
-	rec.Desired = &desiredGen{Hash: hash, CacheURL: cacheURL, SetAt: t.now, SetBy: actor}
-	t.stage(rec)
-	return rec, nil
-}
-
-// clearDesired removes the machine's desired generation, if any.
-func (t *txn) clearDesired(m *machineRec) (*machineRec, error) {
-	if _, err := t.ExecContext(t.ctx, "DELETE FROM desired_generation WHERE machine_id = ?", m.ID); err != nil {
-		return nil, fmt.Errorf("clear desired generation: %w", err)
-	}
-	rec := m.clone()
-	rec.Desired = nil
-	t.stage(rec)
-	return rec, nil
-}
-
-// loadFleet rebuilds the machine index from the database at startup.
-func (s *store) loadFleet(ctx context.Context) error {
-	ms := map[string]*machineRec{}
-	rows, err := s.ro.QueryContext(ctx, `SELECT machine_id, lifecycle, registered_at, current_generation,
-		last_success, last_seen, last_report_agent_ts, agent_version, uptime_seconds FROM machine`)
-	if err != nil {
-		return err
-	}
-	for rows.Next() {
-		var m machineRec
-		var success, seen, agentTS sql.NullInt64
-		if err := rows.Scan(&m.ID, &m.Lifecycle, &m.RegisteredAt, &m.CurrentGen, &success, &seen, &agentTS,
-			&m.AgentVersion, &m.Uptime); err != nil {
-			rows.Close()
-			return err
-		}
-		m.LastSuccess = -1
-		if success.Valid {
-			m.LastSuccess = int8(success.Int64)
-		}
-		m.LastSeen, m.AgentTS = seen.Int64, agentTS.Int64
-		m.Tags = []string{}
-		ms[m.ID] = &m
-	}
-	if err := rows.Close(); err != nil {
-		return err
-	}
-	rows, err = s.ro.QueryContext(ctx, "SELECT machine_id, tag FROM machine_tag ORDER BY machine_id, tag")
-	if err != nil {
-		return err
-	}
-	for rows.Next() {
-		var id, tag string
-		if err := rows.Scan(&id, &tag); err != nil {
-			rows.Close()
-			return err
-		}
-		if m := ms[id]; m != nil {
-			m.Tags = append(m.Tags, tag)
-		}
-	}
-	if err := rows.Close(); err != nil {
-		return err
-	}
-	rows, err = s.ro.QueryContext(ctx, "SELECT machine_id, hash, cache_url, set_at, set_by FROM desired_generation")
-	if err != nil {
-		return err
-	}
-	for rows.Next() {
-		var id string
-		var d desiredGen
-		var cache sql.NullString
-		if err := rows.Scan(&id, &d.Hash, &cache, &d.SetAt, &d.SetBy); err != nil {
-			rows.Close()
-			return err
-		}
-		if cache.Valid {
-			d.CacheURL = &cache.String
-		}
-		if m := ms[id]; m != nil {
-			m.Desired = &d
-		}
-	}
-	if err := rows.Close(); err != nil {
-		return err
-	}
-	s.fleet.reset(ms)
-	return s.refreshRolloutMembership(ctx, s.ro, "")
-}
-
-// writerStmts are the statements of the report hot path, prepared once on
-// the writer connection.
-type writerStmts struct {
-	insertMachine *sql.Stmt
-	insertReport  *sql.Stmt
-	insertHealth  *sql.Stmt
-	updateMachine *sql.Stmt
-	savepoint     *sql.Stmt
-	release       *sql.Stmt
-	rollbackTo    *sql.Stmt
-}
-
-func (w *writerStmts) all() []*sql.Stmt {
-	return []*sql.Stmt{w.insertMachine, w.insertReport, w.insertHealth, w.updateMachine, w.savepoint, w.release, w.rollbackTo}
-}
-
-func (s *store) prepare(ctx context.Context) error {
-	var err error
-	prep := func(q string) *sql.Stmt {
-		if err != nil {
-			return nil
-		}
-		var st *sql.Stmt
-		st, err = s.conn.PrepareContext(ctx, q)
-		return st
-	}
-	s.stmts = writerStmts{
-		insertMachine: prep("INSERT INTO machine (machine_id, lifecycle, registered_at) VALUES (?, ?, ?)"),
-		insertReport: prep(`INSERT INTO report (machine_id, generation, success, message, agent_ts, received_at,
-			agent_version, uptime_seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`),
-		insertHealth: prep(`INSERT INTO health_report (report_id, machine_id, generation, all_passed, results,
-			failed_checks, measured_at, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`),
-		updateMachine: prep(`UPDATE machine SET current_generation = ?, last_success = ?, last_seen = ?,
-			last_report_agent_ts = ?, agent_version = ?, uptime_seconds = ? WHERE machine_id = ?`),
-		savepoint:  prep("SAVEPOINT sp"),
-		release:    prep("RELEASE sp"),
-		rollbackTo: prep("ROLLBACK TO sp"),
-	}
-	if err != nil {
-		return fmt.Errorf("prepare statements: %w", err)
-	}
-	return nil
-}
-
-// queryer is what *sql.DB, *sql.Tx and the write transaction offer for reads.
-type queryer interface {
-	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
-	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 }
 
 // nullStr converts a nullable column to *string.
@@ -591,4 +480,29 @@ func nullInt(n sql.NullInt64) *int64 {
 	}
 	v := n.Int64
 	return &v
+}
+
+// scanner is a *sql.Row or *sql.Rows.
+type scanner interface{ Scan(...any) error }
+
+// queryAll runs query through d and scans every row with scan; what names
+// the query in errors.
+func queryAll[T any](d dbq, what string, scan func(scanner) (T, error), query string, args ...any) ([]T, error) {
+	rows, err := d.query(query, args...)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+		out = append(out, v)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return out, nil
 }

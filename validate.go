@@ -1,13 +1,15 @@
 package main
 
 import (
+	"errors"
 	"net/url"
 	"slices"
 	"strings"
+	"time"
 	"unicode/utf8"
 )
 
-// Identifier and field rules (§2.7). Each check returns a 400 *apiError whose
+// Identifier and field rules (§2.7). Each check returns a *validationError (400) whose
 // message starts with the field's JSON path.
 
 // isIDChars reports whether s is 1–128 bytes of [A-Za-z0-9._-].
@@ -30,7 +32,7 @@ func validMachineID(s string) bool { return isIDChars(s) && s != "." && s != "..
 
 func checkMachineID(field, s string) error {
 	if !validMachineID(s) {
-		return badRequest("%s: invalid machine id (1 to 128 bytes of A-Z a-z 0-9 . _ -)", field)
+		return invalidf("%s: invalid machine id (1 to 128 bytes of A-Z a-z 0-9 . _ -)", field)
 	}
 	return nil
 }
@@ -55,14 +57,14 @@ func normalizeTags(field string, tags []string) ([]string, error) {
 	out := make([]string, 0, len(tags))
 	for i, t := range tags {
 		if !validTag(t) {
-			return nil, badRequest("%s[%d]: invalid tag %q (1 to 64 bytes of A-Z a-z 0-9 . _ : -)", field, i, t)
+			return nil, invalidf("%s[%d]: invalid tag %q (1 to 64 bytes of A-Z a-z 0-9 . _ : -)", field, i, t)
 		}
 		out = append(out, t)
 	}
 	slices.Sort(out)
 	out = slices.Compact(out)
 	if len(out) > 64 {
-		return nil, badRequest("%s: at most 64 distinct tags", field)
+		return nil, invalidf("%s: at most 64 distinct tags", field)
 	}
 	return out, nil
 }
@@ -93,7 +95,7 @@ func validStorePath(p string) bool {
 
 func checkStorePath(field, p string) error {
 	if !validStorePath(p) {
-		return badRequest("%s: not a valid Nix store path", field)
+		return invalidf("%s: not a valid Nix store path", field)
 	}
 	return nil
 }
@@ -101,11 +103,11 @@ func checkStorePath(field, p string) error {
 // checkPlatform: 1–64 bytes of printable ASCII without spaces.
 func checkPlatform(field, p string) error {
 	if p == "" || len(p) > 64 {
-		return badRequest("%s: must be 1 to 64 bytes", field)
+		return invalidf("%s: must be 1 to 64 bytes", field)
 	}
 	for i := 0; i < len(p); i++ {
 		if p[i] <= 0x20 || p[i] > 0x7e {
-			return badRequest("%s: must be printable ASCII without spaces", field)
+			return invalidf("%s: must be printable ASCII without spaces", field)
 		}
 	}
 	return nil
@@ -125,14 +127,14 @@ func hasControl(s string) bool {
 // or path, no whitespace or control characters.
 func checkCacheURL(field, v string) error {
 	if len(v) > 1024 {
-		return badRequest("%s: at most 1024 bytes", field)
+		return invalidf("%s: at most 1024 bytes", field)
 	}
 	if hasControl(v) || strings.ContainsAny(v, " \t\r\n\u00a0\u2028\u2029") {
-		return badRequest("%s: must not contain whitespace or control characters", field)
+		return invalidf("%s: must not contain whitespace or control characters", field)
 	}
 	u, err := url.Parse(v)
 	if err != nil || u.Scheme == "" || u.Host == "" && u.Path == "" && u.Opaque == "" {
-		return badRequest("%s: must be an absolute URL", field)
+		return invalidf("%s: must be an absolute URL", field)
 	}
 	return nil
 }
@@ -140,10 +142,10 @@ func checkCacheURL(field, v string) error {
 // checkText applies a byte limit and, with noControl, forbids control characters.
 func checkText(field, v string, max int, noControl bool) error {
 	if len(v) > max {
-		return badRequest("%s: at most %d bytes", field, max)
+		return invalidf("%s: at most %d bytes", field, max)
 	}
 	if noControl && hasControl(v) {
-		return badRequest("%s: must not contain control characters", field)
+		return invalidf("%s: must not contain control characters", field)
 	}
 	return nil
 }
@@ -157,4 +159,39 @@ func truncateUTF8(s string, n int) string {
 		n--
 	}
 	return s[:n]
+}
+
+func isDigits(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// timeLayout renders every output timestamp: UTC, exactly three fractional digits.
+const timeLayout = "2006-01-02T15:04:05.000Z"
+
+// fmtTime renders Unix milliseconds as an output timestamp.
+func fmtTime(ms int64) string { return time.UnixMilli(ms).UTC().Format(timeLayout) }
+
+// fmtTimePtr renders a nullable timestamp.
+func fmtTimePtr(ms *int64) *string {
+	if ms == nil {
+		return nil
+	}
+	return str(fmtTime(*ms))
+}
+
+// parseTime parses an input RFC 3339 timestamp into Unix milliseconds.
+func parseTime(s string) (int64, error) {
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return 0, errors.New("not an RFC 3339 timestamp")
+	}
+	return t.UnixMilli(), nil
 }

@@ -1,0 +1,139 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+)
+
+// API keys (§3.1). The token itself is never stored: only its hash.
+
+const keyColumns = "id, name, role, created_at, expires_at, last_used_at, revoked_at"
+
+func scanKey(row scanner) (*apiKey, error) {
+	var k apiKey
+	var exp, used, rev sql.NullInt64
+	if err := row.Scan(&k.ID, &k.Name, &k.Role, &k.CreatedAt, &exp, &used, &rev); err != nil {
+		return nil, err
+	}
+	k.ExpiresAt, k.LastUsedAt, k.RevokedAt = nullInt(exp), nullInt(used), nullInt(rev)
+	return &k, nil
+}
+
+// keyByHash returns the key with the given hash, or a nil key when there is
+// none. It reads through the key pool, which nothing else uses.
+func (s *store) keyByHash(ctx context.Context, hash string) (*apiKey, error) {
+	k, err := scanKey(s.keys.QueryRowContext(ctx, "SELECT "+keyColumns+" FROM api_key WHERE key_hash = ?", hash))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up API key: %w", err)
+	}
+	return k, nil
+}
+
+// touchKey records that the key was used now, at most once a minute. It is
+// best effort and must never make a request wait: if the writer is busy (a
+// group commit, or another process holding the database write lock) it skips
+// the update, which the key's next request will retry.
+func (s *store) touchKey(ctx context.Context, id int64) error {
+	if !s.mu.TryLock() {
+		return nil
+	}
+	defer s.mu.Unlock()
+	// Fail at once instead of waiting out the busy timeout for another
+	// process's lock, then restore the timeout for the real writes.
+	if _, err := s.conn.ExecContext(ctx, "PRAGMA busy_timeout = 0"); err != nil {
+		return err
+	}
+	defer s.conn.ExecContext(context.Background(), "PRAGMA busy_timeout = 5000")
+	t, err := s.begin(ctx)
+	if errors.Is(busyErr(err), errBusy) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := t.exec(`UPDATE api_key SET last_used_at = ?
+		WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)`, t.now, id, t.now-60_000); err != nil {
+		t.rollback()
+		return err
+	}
+	if err := t.commit(); err != nil && !errors.Is(busyErr(err), errBusy) {
+		return err
+	}
+	return nil
+}
+
+// countKeys returns the number of key rows, revoked and expired included.
+func (d dbq) countKeys() (int, error) {
+	var n int
+	if err := d.queryRow("SELECT count(*) FROM api_key").Scan(&n); err != nil {
+		return 0, fmt.Errorf("count keys: %w", err)
+	}
+	return n, nil
+}
+
+// keyNameInUse reports whether an unrevoked key has the name.
+func (d dbq) keyNameInUse(name string) (bool, error) {
+	var one int
+	err := d.queryRow("SELECT 1 FROM api_key WHERE name = ? AND revoked_at IS NULL", name).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("check key name: %w", err)
+	}
+	return true, nil
+}
+
+// insertKey stores a key by its hash and returns its id.
+func (t *txn) insertKey(hash, name, role string, expiresAt *int64) (int64, error) {
+	res, err := t.exec(`INSERT INTO api_key (key_hash, name, role, created_at, expires_at)
+		VALUES (?, ?, ?, ?, ?)`, hash, name, role, t.now, expiresAt)
+	if err != nil {
+		return 0, fmt.Errorf("insert key: %w", err)
+	}
+	id, err := res.LastInsertId()
+	if err != nil {
+		return 0, fmt.Errorf("insert key: %w", err)
+	}
+	return id, nil
+}
+
+// keyByID returns the key, or a nil key when there is none.
+func (d dbq) keyByID(id int64) (*apiKey, error) {
+	k, err := scanKey(d.queryRow("SELECT "+keyColumns+" FROM api_key WHERE id = ?", id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load key: %w", err)
+	}
+	return k, nil
+}
+
+// otherActiveAdmins counts the admin keys other than id that are active at now.
+func (d dbq) otherActiveAdmins(id, now int64) (int, error) {
+	var n int
+	if err := d.queryRow(`SELECT count(*) FROM api_key WHERE role = 'admin' AND id <> ?
+		AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)`, id, now).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count admin keys: %w", err)
+	}
+	return n, nil
+}
+
+// revokeKey sets the key's revoked_at to now.
+func (t *txn) revokeKey(id int64) error {
+	if _, err := t.exec("UPDATE api_key SET revoked_at = ? WHERE id = ?", t.now, id); err != nil {
+		return fmt.Errorf("revoke key: %w", err)
+	}
+	return nil
+}
+
+// keys returns every key by id, revoked and expired included.
+func (d dbq) keys() ([]*apiKey, error) {
+	return queryAll(d, "list keys", scanKey, "SELECT "+keyColumns+" FROM api_key ORDER BY id")
+}
