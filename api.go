@@ -92,14 +92,19 @@ func newServer(cp *controlPlane, m *metrics, log *slog.Logger, mode, bootstrapTo
 	return s
 }
 
-// handle registers one route: the request is authorized for acc, then h runs;
-// an error h returns is answered by writeError.
+// handle registers one route. A request is authorized for acc (§2.6 steps
+// 3–4), the path IDs of an admin route are checked (step 5; the agent
+// routes check their own, so that a rejected report is counted), then h
+// runs; an error from any of them is answered by writeError.
 func (s *server) handle(pattern string, acc access, h handlerFunc) {
 	_, path, _ := strings.Cut(pattern, " ")
 	s.patterns = append(s.patterns, pattern)
 	s.access[pattern] = acc
 	s.mux.Handle(pattern, s.instrument(path, func(w http.ResponseWriter, r *http.Request) {
 		p, err := s.authorize(r, acc)
+		if err == nil && acc >= anyRole {
+			err = checkPathIDs(r, path)
+		}
 		if err == nil {
 			err = h(w, r, p)
 		}
@@ -107,6 +112,35 @@ func (s *server) handle(pattern string, acc access, h handlerFunc) {
 			s.writeError(w, r, err)
 		}
 	}))
+}
+
+// checkPathIDs applies the ID rules of §2.7 to the wildcards of path.
+func checkPathIDs(r *http.Request, path string) error {
+	check := checkMachinePath
+	switch {
+	case strings.HasPrefix(path, "/api/v1/releases/"):
+		check = checkReleaseID
+	case strings.HasPrefix(path, "/api/v1/rollouts/"):
+		check = checkRolloutID
+	case strings.HasPrefix(path, "/api/v1/keys/{"):
+		check = func(v string) error { _, err := parseKeyID(v); return err }
+	}
+	for _, name := range []string{"id", "other_id"} {
+		if v := r.PathValue(name); strings.Contains(path, "{"+name+"}") {
+			if err := check(v); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// noContent answers a success without a payload, unless err.
+func noContent(w http.ResponseWriter, status int, err error) error {
+	if err == nil {
+		w.WriteHeader(status)
+	}
+	return err
 }
 
 // handler returns the root HTTP handler. A request that matches a route
@@ -498,12 +532,6 @@ func queryLimit(q url.Values, def, max int) (int, error) {
 		return max, nil
 	}
 	return int(n), nil
-}
-
-// pathID returns the path parameter name after checking it with check (400).
-func pathID(r *http.Request, name string, check func(string) error) (string, error) {
-	v := r.PathValue(name)
-	return v, check(v)
 }
 
 func checkMachinePath(id string) error {

@@ -34,9 +34,5 @@ func (s *server) revokeKey(w http.ResponseWriter, r *http.Request, p *principal)
 	if err != nil {
 		return err
 	}
-	if err := s.cp.revokeKey(r.Context(), p.actor, id); err != nil {
-		return err
-	}
-	w.WriteHeader(http.StatusNoContent)
-	return nil
+	return noContent(w, http.StatusNoContent, s.cp.revokeKey(r.Context(), p.actor, id))
 }

@@ -18,8 +18,8 @@ func (s *server) report(w http.ResponseWriter, r *http.Request, _ *principal) er
 }
 
 func (s *server) acceptReport(w http.ResponseWriter, r *http.Request) error {
-	id, err := pathID(r, "id", checkMachinePath)
-	if err != nil {
+	id := r.PathValue("id")
+	if err := checkMachinePath(id); err != nil {
 		return err
 	}
 	req, err := decode[reportRequest](w, r, maxBody, false)
@@ -40,8 +40,8 @@ func (s *server) acceptReport(w http.ResponseWriter, r *http.Request) error {
 
 // desiredGeneration handles GET /api/v1/machines/{id}/desired-generation.
 func (s *server) desiredGeneration(w http.ResponseWriter, r *http.Request, _ *principal) error {
-	id, err := pathID(r, "id", checkMachinePath)
-	if err != nil {
+	id := r.PathValue("id")
+	if err := checkMachinePath(id); err != nil {
 		return err
 	}
 	dg, err := s.cp.desiredGeneration(id)
@@ -80,10 +80,7 @@ func (s *server) listMachines(w http.ResponseWriter, r *http.Request, _ *princip
 
 // register handles POST /api/v1/machines/{id}/register.
 func (s *server) register(w http.ResponseWriter, r *http.Request, p *principal) error {
-	id, err := pathID(r, "id", checkMachinePath)
-	if err != nil {
-		return err
-	}
+	id := r.PathValue("id")
 	req, err := decode[registerRequest](w, r, maxBody, true)
 	if err != nil {
 		return err
@@ -100,27 +97,17 @@ func (s *server) register(w http.ResponseWriter, r *http.Request, p *principal) 
 
 // patchLifecycle handles PATCH /api/v1/machines/{id}/lifecycle.
 func (s *server) patchLifecycle(w http.ResponseWriter, r *http.Request, p *principal) error {
-	id, err := pathID(r, "id", checkMachinePath)
-	if err != nil {
-		return err
-	}
+	id := r.PathValue("id")
 	req, err := decode[lifecycleRequest](w, r, maxBody, false)
 	if err != nil {
 		return err
 	}
-	if err := s.cp.setLifecycle(r.Context(), p.actor, id, req.lifecycle); err != nil {
-		return err
-	}
-	w.WriteHeader(http.StatusOK)
-	return nil
+	return noContent(w, http.StatusOK, s.cp.setLifecycle(r.Context(), p.actor, id, req.lifecycle))
 }
 
 // putTags handles PUT /api/v1/machines/{id}/tags.
 func (s *server) putTags(w http.ResponseWriter, r *http.Request, p *principal) error {
-	id, err := pathID(r, "id", checkMachinePath)
-	if err != nil {
-		return err
-	}
+	id := r.PathValue("id")
 	req, err := decode[tagsRequest](w, r, maxBody, false)
 	if err != nil {
 		return err
@@ -134,30 +121,15 @@ func (s *server) putTags(w http.ResponseWriter, r *http.Request, p *principal) e
 
 // clearDesired handles DELETE /api/v1/machines/{id}/desired-generation.
 func (s *server) clearDesired(w http.ResponseWriter, r *http.Request, p *principal) error {
-	id, err := pathID(r, "id", checkMachinePath)
-	if err != nil {
-		return err
-	}
-	if err := s.cp.clearDesired(r.Context(), p.actor, id); err != nil {
-		return err
-	}
-	w.WriteHeader(http.StatusNoContent)
-	return nil
+	return noContent(w, http.StatusNoContent, s.cp.clearDesired(r.Context(), p.actor, r.PathValue("id")))
 }
 
 // notifyDeploy handles POST /api/v1/machines/{id}/notify-deploy.
 func (s *server) notifyDeploy(w http.ResponseWriter, r *http.Request, p *principal) error {
-	id, err := pathID(r, "id", checkMachinePath)
-	if err != nil {
-		return err
-	}
+	id := r.PathValue("id")
 	req, err := decode[notifyDeployRequest](w, r, maxBody, false)
 	if err != nil {
 		return err
 	}
-	if err := s.cp.notifyDeploy(r.Context(), p.actor, id, *req.StorePath); err != nil {
-		return err
-	}
-	w.WriteHeader(http.StatusOK)
-	return nil
+	return noContent(w, http.StatusOK, s.cp.notifyDeploy(r.Context(), p.actor, id, *req.StorePath))
 }

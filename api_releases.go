@@ -71,10 +71,7 @@ func (s *server) listReleases(w http.ResponseWriter, r *http.Request, _ *princip
 
 // getRelease handles GET /api/v1/releases/{id}.
 func (s *server) getRelease(w http.ResponseWriter, r *http.Request, _ *principal) error {
-	id, err := pathID(r, "id", checkReleaseID)
-	if err != nil {
-		return err
-	}
+	id := r.PathValue("id")
 	rel, err := s.cp.getRelease(r.Context(), id)
 	if err != nil {
 		return err
@@ -84,27 +81,14 @@ func (s *server) getRelease(w http.ResponseWriter, r *http.Request, _ *principal
 
 // deleteRelease handles DELETE /api/v1/releases/{id}.
 func (s *server) deleteRelease(w http.ResponseWriter, r *http.Request, p *principal) error {
-	id, err := pathID(r, "id", checkReleaseID)
-	if err != nil {
-		return err
-	}
-	if err := s.cp.deleteRelease(r.Context(), p.actor, id); err != nil {
-		return err
-	}
-	w.WriteHeader(http.StatusNoContent)
-	return nil
+	id := r.PathValue("id")
+	return noContent(w, http.StatusNoContent, s.cp.deleteRelease(r.Context(), p.actor, id))
 }
 
 // diffReleases handles GET /api/v1/releases/{id}/diff/{other_id}.
 func (s *server) diffReleases(w http.ResponseWriter, r *http.Request, _ *principal) error {
-	a, err := pathID(r, "id", checkReleaseID)
-	if err != nil {
-		return err
-	}
-	b, err := pathID(r, "other_id", checkReleaseID)
-	if err != nil {
-		return err
-	}
+	a := r.PathValue("id")
+	b := r.PathValue("other_id")
 	d, err := s.cp.diffReleases(r.Context(), a, b)
 	if err != nil {
 		return err

@@ -43,67 +43,35 @@ func (s *server) listRollouts(w http.ResponseWriter, r *http.Request, _ *princip
 
 // getRollout handles GET /api/v1/rollouts/{id}.
 func (s *server) getRollout(w http.ResponseWriter, r *http.Request, _ *principal) error {
-	id, err := pathID(r, "id", checkRolloutID)
-	if err != nil {
-		return err
-	}
-	d, err := s.cp.getRollout(r.Context(), id)
+	d, err := s.cp.getRollout(r.Context(), r.PathValue("id"))
 	if err != nil {
 		return err
 	}
 	return writeJSON(w, http.StatusOK, d)
 }
 
-// rolloutAction handles the operator actions without a body: the path id,
-// then act, then an empty success with status.
-func (s *server) rolloutAction(w http.ResponseWriter, r *http.Request, p *principal, status int,
-	act func(cp *controlPlane, r *http.Request, actor, id string) error) error {
-	id, err := pathID(r, "id", checkRolloutID)
-	if err != nil {
-		return err
-	}
-	if err := act(s.cp, r, p.actor, id); err != nil {
-		return err
-	}
-	w.WriteHeader(status)
-	return nil
-}
-
 // pauseRollout handles POST /api/v1/rollouts/{id}/pause.
 func (s *server) pauseRollout(w http.ResponseWriter, r *http.Request, p *principal) error {
-	return s.rolloutAction(w, r, p, http.StatusOK, func(cp *controlPlane, r *http.Request, actor, id string) error {
-		return cp.pauseRollout(r.Context(), actor, id)
-	})
+	return noContent(w, http.StatusOK, s.cp.pauseRollout(r.Context(), p.actor, r.PathValue("id")))
 }
 
 // resumeRollout handles POST /api/v1/rollouts/{id}/resume.
 func (s *server) resumeRollout(w http.ResponseWriter, r *http.Request, p *principal) error {
-	return s.rolloutAction(w, r, p, http.StatusOK, func(cp *controlPlane, r *http.Request, actor, id string) error {
-		return cp.resumeRollout(r.Context(), actor, id)
-	})
+	return noContent(w, http.StatusOK, s.cp.resumeRollout(r.Context(), p.actor, r.PathValue("id")))
 }
 
 // deleteRollout handles DELETE /api/v1/rollouts/{id}.
 func (s *server) deleteRollout(w http.ResponseWriter, r *http.Request, p *principal) error {
-	return s.rolloutAction(w, r, p, http.StatusNoContent, func(cp *controlPlane, r *http.Request, actor, id string) error {
-		return cp.deleteRollout(r.Context(), actor, id)
-	})
+	return noContent(w, http.StatusNoContent, s.cp.deleteRollout(r.Context(), p.actor, r.PathValue("id")))
 }
 
 // cancelRollout handles POST /api/v1/rollouts/{id}/cancel, whose optional
 // body is {"revert":true}.
 func (s *server) cancelRollout(w http.ResponseWriter, r *http.Request, p *principal) error {
-	id, err := pathID(r, "id", checkRolloutID)
-	if err != nil {
-		return err
-	}
 	req, err := decode[cancelRequest](w, r, maxBody, true)
 	if err != nil {
 		return err
 	}
-	if err := s.cp.cancelRollout(r.Context(), p.actor, id, req.Revert != nil && *req.Revert); err != nil {
-		return err
-	}
-	w.WriteHeader(http.StatusOK)
-	return nil
+	revert := req.Revert != nil && *req.Revert
+	return noContent(w, http.StatusOK, s.cp.cancelRollout(r.Context(), p.actor, r.PathValue("id"), revert))
 }

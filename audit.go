@@ -52,12 +52,7 @@ type auditFilter struct {
 
 // listAudit returns the matching rows, newest first (at most f.limit).
 func (cp *controlPlane) listAudit(ctx context.Context, f auditFilter) ([]auditEvent, error) {
-	var out []auditEvent
-	err := cp.st.read(ctx, func(d dbq) error {
-		var err error
-		out, err = d.auditPage(f, f.before, f.limit)
-		return err
-	})
+	out, err := readValue(ctx, cp.st, func(d dbq) ([]auditEvent, error) { return d.auditPage(f, f.before, f.limit) })
 	if out == nil {
 		out = []auditEvent{}
 	}
@@ -83,12 +78,8 @@ func (cp *controlPlane) exportAudit(ctx context.Context, f auditFilter, w io.Wri
 		}
 		var page []auditEvent
 		if n > 0 {
-			err := cp.st.read(ctx, func(d dbq) error {
-				var err error
-				page, err = d.auditPage(f, before, n)
-				return err
-			})
-			if err != nil {
+			var err error
+			if page, err = readValue(ctx, cp.st, func(d dbq) ([]auditEvent, error) { return d.auditPage(f, before, n) }); err != nil {
 				return err
 			}
 		}

@@ -68,16 +68,6 @@ func (s *evidenceSummary) classify(desired string) (health, reason string) {
 	return healthPending, ""
 }
 
-// classify evaluates one machine from its fresh reports in arrival order:
-// desired is the release store path.
-func classify(desired string, reports []evidence) (health, reason string) {
-	var s evidenceSummary
-	for _, r := range reports {
-		s.add(desired, r)
-	}
-	return s.classify(desired)
-}
-
 // evidenceCache keeps, per rollout, what evaluating the batch under
 // evaluation needs: its machines with their stored health (valid for one
 // version of the rollout), and the summaries of their fresh reports with the

@@ -66,12 +66,7 @@ func (e *executor) step(ctx context.Context, now time.Time) {
 	e.stepMu.Lock()
 	defer e.stepMu.Unlock()
 	e.m.executorTicks.Add(1)
-	var ids []string
-	err := e.st.read(ctx, func(d dbq) error {
-		var err error
-		ids, err = d.runningRollouts()
-		return err
-	})
+	ids, err := readValue(ctx, e.st, dbq.runningRollouts)
 	if err != nil {
 		if ctx.Err() == nil {
 			e.log.Error("executor step failed", "rollout", "", "err", err)
@@ -241,22 +236,9 @@ const (
 	outcomeFail    = "fail"
 )
 
-// evaluateBatch classifies every machine from its fresh reports and decides
-// the batch's fate; it is a pure function of the snapshot and now (Unix ms).
-func evaluateBatch(r *rolloutRow, b batchRow, members []memberRow, reports map[string][]evidence,
-	lifecycleOf func(string) lifecycle, now int64) verdict {
-	sums := map[string]*evidenceSummary{}
-	for _, mem := range members {
-		s := &evidenceSummary{}
-		for _, ev := range reports[mem.MachineID] {
-			s.add(mem.StorePath, ev)
-		}
-		sums[mem.MachineID] = s
-	}
-	return evaluateSummaries(r, b, members, sums, lifecycleOf, now)
-}
-
-// evaluateSummaries is evaluateBatch over the summaries of the fresh reports.
+// evaluateSummaries classifies every machine of batch b from the summaries of
+// its fresh reports and decides the batch's fate (§9.5, §9.6); it is a pure
+// function of the snapshot and now (Unix ms).
 func evaluateSummaries(r *rolloutRow, b batchRow, members []memberRow, sums map[string]*evidenceSummary,
 	lifecycleOf func(string) lifecycle, now int64) verdict {
 	v := verdict{health: map[string][2]string{}}

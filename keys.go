@@ -201,12 +201,7 @@ type keyInfo struct {
 
 // listKeys returns every key by id, revoked and expired included.
 func (cp *controlPlane) listKeys(ctx context.Context) ([]keyInfo, error) {
-	var keys []*apiKey
-	err := cp.st.read(ctx, func(d dbq) error {
-		var err error
-		keys, err = d.keys()
-		return err
-	})
+	keys, err := readValue(ctx, cp.st, dbq.keys)
 	out := make([]keyInfo, len(keys))
 	for i, k := range keys {
 		out[i] = keyInfo{ID: k.ID, Name: k.Name, Role: k.Role, CreatedAt: fmtTime(k.CreatedAt),

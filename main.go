@@ -346,11 +346,8 @@ func newApp(ctx context.Context, c appConfig) (*app, error) {
 		return nil, err
 	}
 	m.fleet = st.fleet
-	var active int64
-	if err := st.read(ctx, func(d dbq) error {
-		active, err = d.countActiveRollouts()
-		return err
-	}); err != nil {
+	active, err := readValue(ctx, st, dbq.countActiveRollouts)
+	if err != nil {
 		st.close()
 		return nil, err
 	}
@@ -450,11 +447,7 @@ func serve(ctx context.Context, cfg serveConfig, stderr io.Writer, hooks *serveH
 	case "tls":
 		log.Warn("no client CA configured: agent endpoints are not authenticated")
 	}
-	var keys int
-	if err := a.st.read(ctx, func(d dbq) error {
-		keys, err = d.countKeys()
-		return err
-	}); err == nil && keys == 0 {
+	if keys, err := readValue(ctx, a.st, dbq.countKeys); err == nil && keys == 0 {
 		log.Warn("no API keys exist: POST /api/v1/keys/bootstrap is open",
 			"hint", "set --bootstrap-token-file to require a one-time secret")
 	}

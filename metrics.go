@@ -99,16 +99,6 @@ func (c *counterVec) add(d float64, values ...string) {
 	c.mu.Unlock()
 }
 
-// get returns the current value of one series (0 if absent); for tests.
-func (c *counterVec) get(values ...string) float64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if s := c.series[strings.Join(values, "\xff")]; s != nil {
-		return s.v
-	}
-	return 0
-}
-
 // snapshot returns a sorted copy of the series.
 func (c *counterVec) snapshot() []labeledValue {
 	c.mu.Lock()

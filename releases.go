@@ -142,13 +142,7 @@ func loadRelease(d dbq, id string) (*release, error) {
 
 // getRelease returns one release with its entries, or a 404.
 func (cp *controlPlane) getRelease(ctx context.Context, id string) (*release, error) {
-	var rel *release
-	err := cp.st.read(ctx, func(d dbq) error {
-		var err error
-		rel, err = loadRelease(d, id)
-		return err
-	})
-	return rel, err
+	return readValue(ctx, cp.st, func(d dbq) (*release, error) { return loadRelease(d, id) })
 }
 
 // listReleases calls emit for at most limit releases, newest first, each
@@ -158,22 +152,12 @@ func (cp *controlPlane) getRelease(ctx context.Context, id string) (*release, er
 // connection is held while emit writes to a client. A release deleted in
 // between is skipped.
 func (cp *controlPlane) listReleases(ctx context.Context, limit int, host *string, emit func(*release) error) error {
-	var headers []*release
-	err := cp.st.read(ctx, func(d dbq) error {
-		var err error
-		headers, err = d.releaseHeaders(limit, host)
-		return err
-	})
+	headers, err := readValue(ctx, cp.st, func(d dbq) ([]*release, error) { return d.releaseHeaders(limit, host) })
 	if err != nil {
 		return err
 	}
 	for _, h := range headers {
-		err := cp.st.read(ctx, func(d dbq) error {
-			var err error
-			h.Entries, err = d.releaseEntries(h.ID)
-			return err
-		})
-		if err != nil {
+		if h.Entries, err = readValue(ctx, cp.st, func(d dbq) ([]releaseEntry, error) { return d.releaseEntries(h.ID) }); err != nil {
 			return err
 		}
 		if err := emit(h); err != nil {

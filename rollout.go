@@ -32,11 +32,6 @@ const (
 // rolloutStatuses lists every stored rollout status.
 var rolloutStatuses = []rolloutStatus{rolloutCreated, rolloutRunning, rolloutPaused, rolloutCompleted, rolloutFailed, rolloutCancelled}
 
-// active reports whether the rollout holds its machines (§0.5).
-func (s rolloutStatus) active() bool {
-	return s == rolloutCreated || s == rolloutRunning || s == rolloutPaused
-}
-
 // batchStatus is a batch's status (§9.10).
 type batchStatus string
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -378,19 +379,13 @@ func (cp *controlPlane) listRollouts(ctx context.Context, status *rolloutStatus,
 
 // getRollout returns one rollout with its events, or a 404.
 func (cp *controlPlane) getRollout(ctx context.Context, id string) (*rolloutDetail, error) {
-	var out *rolloutDetail
-	err := cp.st.read(ctx, func(d dbq) error {
+	return readValue(ctx, cp.st, func(d dbq) (*rolloutDetail, error) {
 		r, err := d.rollout(id)
-		if err != nil {
-			return err
+		if err != nil || r == nil {
+			return nil, cmp.Or(err, notFoundf("rollout %s not found", id))
 		}
-		if r == nil {
-			return notFoundf("rollout %s not found", id)
-		}
-		out, err = rolloutDetailOf(d, r, true)
-		return err
+		return rolloutDetailOf(d, r, true)
 	})
-	return out, err
 }
 
 func checkRolloutID(id string) error {

@@ -311,6 +311,17 @@ func (s *store) read(ctx context.Context, fn func(d dbq) error) error {
 	return fn(dbq{ctx, tx})
 }
 
+// readValue is read for a function that returns one value.
+func readValue[T any](ctx context.Context, s *store, fn func(d dbq) (T, error)) (T, error) {
+	var v T
+	err := s.read(ctx, func(d dbq) error {
+		var err error
+		v, err = fn(d)
+		return err
+	})
+	return v, err
+}
+
 // txn is one write transaction. Besides the SQL transaction it carries the
 // transaction's single "now", an overlay of machine records changed by it (so
 // that later statements in the same transaction see them), and the updates of
@@ -484,6 +495,31 @@ func nullInt(n sql.NullInt64) *int64 {
 
 // scanner is a *sql.Row or *sql.Rows.
 type scanner interface{ Scan(...any) error }
+
+func scanInt64(row scanner) (int64, error) {
+	var v int64
+	err := row.Scan(&v)
+	return v, err
+}
+
+func scanString(row scanner) (string, error) {
+	var v string
+	err := row.Scan(&v)
+	return v, err
+}
+
+// queryOne runs query through d and scans its first row with scan; found is
+// false when there is no row.
+func queryOne[T any](d dbq, what string, scan func(scanner) (T, error), query string, args ...any) (v T, found bool, err error) {
+	v, err = scan(d.queryRow(query, args...))
+	if errors.Is(err, sql.ErrNoRows) {
+		return v, false, nil
+	}
+	if err != nil {
+		return v, false, fmt.Errorf("%s: %w", what, err)
+	}
+	return v, true, nil
+}
 
 // queryAll runs query through d and scans every row with scan; what names
 // the query in errors.

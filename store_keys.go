@@ -24,14 +24,8 @@ func scanKey(row scanner) (*apiKey, error) {
 // keyByHash returns the key with the given hash, or a nil key when there is
 // none. It reads through the key pool, which nothing else uses.
 func (s *store) keyByHash(ctx context.Context, hash string) (*apiKey, error) {
-	k, err := scanKey(s.keys.QueryRowContext(ctx, "SELECT "+keyColumns+" FROM api_key WHERE key_hash = ?", hash))
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("look up API key: %w", err)
-	}
-	return k, nil
+	k, _, err := queryOne(dbq{ctx, s.keys}, "look up API key", scanKey, "SELECT "+keyColumns+" FROM api_key WHERE key_hash = ?", hash)
+	return k, err
 }
 
 // touchKey records that the key was used now, at most once a minute. It is
@@ -78,15 +72,8 @@ func (d dbq) countKeys() (int, error) {
 
 // keyNameInUse reports whether an unrevoked key has the name.
 func (d dbq) keyNameInUse(name string) (bool, error) {
-	var one int
-	err := d.queryRow("SELECT 1 FROM api_key WHERE name = ? AND revoked_at IS NULL", name).Scan(&one)
-	if errors.Is(err, sql.ErrNoRows) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("check key name: %w", err)
-	}
-	return true, nil
+	_, found, err := queryOne(d, "check key name", scanInt64, "SELECT 1 FROM api_key WHERE name = ? AND revoked_at IS NULL", name)
+	return found, err
 }
 
 // insertKey stores a key by its hash and returns its id.
@@ -105,14 +92,8 @@ func (t *txn) insertKey(hash, name, role string, expiresAt *int64) (int64, error
 
 // keyByID returns the key, or a nil key when there is none.
 func (d dbq) keyByID(id int64) (*apiKey, error) {
-	k, err := scanKey(d.queryRow("SELECT "+keyColumns+" FROM api_key WHERE id = ?", id))
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("load key: %w", err)
-	}
-	return k, nil
+	k, _, err := queryOne(d, "load key", scanKey, "SELECT "+keyColumns+" FROM api_key WHERE id = ?", id)
+	return k, err
 }
 
 // otherActiveAdmins counts the admin keys other than id that are active at now.

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 )
 
@@ -91,18 +90,11 @@ func (t *txn) clearDesired(m *machineRec) (*machineRec, error) {
 
 // activeRolloutOf returns the active rollout the machine belongs to, or "".
 func (d dbq) activeRolloutOf(machineID string) (string, error) {
-	var rid string
-	err := d.queryRow(`SELECT rm.rollout_id FROM rollout_machine rm
+	rid, _, err := queryOne(d, "find active rollout", scanString, `SELECT rm.rollout_id FROM rollout_machine rm
 		JOIN rollout r ON r.id = rm.rollout_id
 		WHERE rm.machine_id = ? AND r.status IN ('created', 'running', 'paused')
-		ORDER BY rm.rollout_id LIMIT 1`, machineID).Scan(&rid)
-	if errors.Is(err, sql.ErrNoRows) {
-		return "", nil
-	}
-	if err != nil {
-		return "", fmt.Errorf("find active rollout: %w", err)
-	}
-	return rid, nil
+		ORDER BY rm.rollout_id LIMIT 1`, machineID)
+	return rid, err
 }
 
 // loadFleet rebuilds the machine index and the rollout membership sets from

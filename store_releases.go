@@ -3,7 +3,6 @@ package main
 import (
 	"database/sql"
 	"encoding/json"
-	"errors"
 	"fmt"
 )
 
@@ -51,14 +50,8 @@ func (t *txn) insertRelease(rel *release, entries []releaseEntry) error {
 // releaseHeader returns the release without its entries, or nil when there
 // is none.
 func (d dbq) releaseHeader(id string) (*release, error) {
-	rel, err := scanRelease(d.queryRow("SELECT "+releaseColumns+" FROM release WHERE id = ?", id))
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("load release: %w", err)
-	}
-	return rel, nil
+	rel, _, err := queryOne(d, "load release", scanRelease, "SELECT "+releaseColumns+" FROM release WHERE id = ?", id)
+	return rel, err
 }
 
 // releaseHeaders returns at most limit releases without their entries,
@@ -96,15 +89,8 @@ func (d dbq) releaseEntries(id string) ([]releaseEntry, error) {
 // releaseReferenced reports whether any rollout, in any status, references
 // the release.
 func (d dbq) releaseReferenced(id string) (bool, error) {
-	var one int
-	err := d.queryRow("SELECT 1 FROM rollout WHERE release_id = ? LIMIT 1", id).Scan(&one)
-	if errors.Is(err, sql.ErrNoRows) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("check rollouts of release: %w", err)
-	}
-	return true, nil
+	_, found, err := queryOne(d, "check rollouts of release", scanInt64, "SELECT 1 FROM rollout WHERE release_id = ? LIMIT 1", id)
+	return found, err
 }
 
 // deleteRelease deletes the release and its entries.

@@ -215,12 +215,6 @@ func (s *store) expiredReportIDs(ctx context.Context, machine string, cutoff int
 			ORDER BY received_at DESC, id DESC LIMIT 1 OFFSET ?3)`, machine, cutoff, keep-1)
 }
 
-func scanInt64(row scanner) (int64, error) {
-	var v int64
-	err := row.Scan(&v)
-	return v, err
-}
-
 // deleteHealthReports and deleteReports delete rows by id in one
 // transaction; a report's health report goes with it (ON DELETE CASCADE).
 func (s *store) deleteHealthReports(ctx context.Context, ids []int64) error {

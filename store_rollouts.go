@@ -3,7 +3,6 @@ package main
 import (
 	"database/sql"
 	"encoding/json"
-	"errors"
 	"fmt"
 )
 
@@ -71,14 +70,8 @@ func scanRollout(row scanner) (*rolloutRow, error) {
 
 // rollout returns the rollout, or nil when there is none.
 func (d dbq) rollout(id string) (*rolloutRow, error) {
-	r, err := scanRollout(d.queryRow("SELECT "+rolloutColumns+" FROM rollout WHERE id = ?", id))
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("load rollout: %w", err)
-	}
-	return r, nil
+	r, _, err := queryOne(d, "load rollout", scanRollout, "SELECT "+rolloutColumns+" FROM rollout WHERE id = ?", id)
+	return r, err
 }
 
 // rollouts returns at most limit rollouts, newest first; with status, only
@@ -96,11 +89,7 @@ func (d dbq) rollouts(status *rolloutStatus, limit int) ([]*rolloutRow, error) {
 
 // runningRollouts returns the ids of the running rollouts, oldest first.
 func (d dbq) runningRollouts() ([]string, error) {
-	return queryAll(d, "list running rollouts", func(row scanner) (string, error) {
-		var id string
-		err := row.Scan(&id)
-		return id, err
-	}, "SELECT id FROM rollout WHERE status = 'running' ORDER BY created_at, rowid")
+	return queryAll(d, "list running rollouts", scanString, "SELECT id FROM rollout WHERE status = 'running' ORDER BY created_at, rowid")
 }
 
 // batches returns the rollout's batches in index order.
