@@ -5,13 +5,26 @@
 # credentials, and optionally opens the firewall and persists the state directory on impermanent hosts.
 #
 # The module only passes flags: it never sets NIXFLEET_CP_* variables, so `systemctl cat` shows the whole
-# configuration on one line. It is evaluated without NixOS by module_test.go (see testdata/nix/eval.nix).
+# configuration on one line. With `prometheusRules` it also hands the alerting rules of
+# contrib/prometheus/nixfleet.rules.yml to the host's Prometheus.
+#
+# module_test.go evaluates it with nixpkgs' lib.evalModules and stand-ins for the NixOS options it uses, without
+# NixOS (see testdata/nix/eval.nix).
 { config, lib, pkgs, options, ... }:
 
 let
   inherit (lib) mkOption types;
 
   cfg = config.services.nixfleet-control-plane;
+
+  # The alerting rules for Prometheus, from the same source tree as the module (and the package).
+  rulesFile = ./contrib/prometheus/nixfleet.rules.yml;
+
+  # Whether this evaluation has the NixOS Prometheus module. Like `options ? environment.persistence` below, it
+  # reads only `options`, so it may decide which attributes the module defines.
+  hasPrometheus = options ? services.prometheus.ruleFiles;
+  # Whether this host runs Prometheus; read only for the warning of prometheusRules.
+  localPrometheus = hasPrometheus && (config.services.prometheus.enable or false);
 
   # Fixed by StateDirectory=nixfleet-cp; also the directory that impermanence persists.
   stateDir = "/var/lib/nixfleet-cp";
@@ -189,6 +202,20 @@ in
       default = "/persist";
       description = "The impermanence persistence root under which ${stateDir} is kept.";
     };
+
+    prometheusRules = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Whether to add the control plane's Prometheus alerting rules (`contrib/prometheus/nixfleet.rules.yml`:
+        stale and drifted machines, paused and failed rollouts, authentication failure bursts, a locked database,
+        executor errors, the control plane down) to the Prometheus server of this host, through
+        `services.prometheus.ruleFiles`. It neither enables Prometheus nor adds a scrape job: the rules expect the
+        control plane to be scraped by a job named `nixfleet-control-plane`. On a Prometheus host that does not
+        run the control plane, add the file from this flake's source to `services.prometheus.ruleFiles`
+        instead.
+      '';
+    };
   };
 
   config = lib.mkIf cfg.enable (lib.mkMerge [
@@ -207,6 +234,12 @@ in
           message = "tls.clientCa requires tls.cert and tls.key";
         }
       ];
+
+      # The rules only take effect in a Prometheus that runs on this host.
+      warnings = lib.optional (cfg.prometheusRules && !localPrometheus) (
+        "services.nixfleet-control-plane.prometheusRules is set, but this host runs no Prometheus"
+        + " (services.prometheus.enable is not true), so the alerting rules are not evaluated here."
+      );
 
       # A static system user rather than DynamicUser: the database must keep one owner across restarts, and
       # DynamicUser's /var/lib/private indirection does not mix with impermanence bind mounts.
@@ -309,6 +342,13 @@ in
           }
         ];
       };
+    })
+
+    # Prometheus alerting rules, guarded like impermanence: without the Prometheus module, services.prometheus is
+    # never mentioned; with it, the rules file is added only when prometheusRules is set. Prometheus itself is
+    # left alone (enable, scrape jobs and the other rule files are the host's business).
+    (lib.optionalAttrs hasPrometheus {
+      services.prometheus.ruleFiles = lib.mkIf cfg.prometheusRules [ rulesFile ];
     })
   ]);
 }

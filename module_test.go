@@ -2,9 +2,11 @@ package main
 
 // Tests for the NixOS module (module.nix) and the flake (flake.nix), SPEC §13, ACC-120 and ACC-121.
 //
-// There is no NixOS here: testdata/nix/eval.nix evaluates module.nix with a small stub of nixpkgs' lib
-// (testdata/nix/lib.nix) and returns the resolved configuration as JSON, and testdata/nix/flake-eval.nix calls the
-// flake's outputs with a stub nixpkgs. Only nix-instantiate is needed; the tests skip without it.
+// There is no NixOS here, but the module system is the real one: testdata/nix/eval.nix evaluates module.nix with
+// lib.evalModules from the nixpkgs library in ../shared/nixpkgs-lib/lib, beside stand-in modules that declare the
+// NixOS options module.nix defines or reads (with their NixOS types), and returns the resulting configuration as
+// JSON. testdata/nix/flake-eval.nix calls the flake's outputs with a stub nixpkgs around the same library. The tests
+// skip without nix-instantiate, and fail when the nixpkgs library is missing.
 
 import (
 	"bufio"
@@ -32,6 +34,8 @@ const (
 	assertListenMsg   = "listen must be in HOST:PORT format"
 	assertCertKeyMsg  = "tls.cert and tls.key must be set together"
 	assertClientCAMsg = "tls.clientCa requires tls.cert and tls.key"
+	warnNoPrometheus  = "services.nixfleet-control-plane.prometheusRules is set, but this host runs no Prometheus" +
+		" (services.prometheus.enable is not true), so the alerting rules are not evaluated here."
 	moduleStateDir    = "/var/lib/nixfleet-cp"
 	moduleDefaultArgs = "--listen 0.0.0.0:8080 --db-path /var/lib/nixfleet-cp/state.db --executor-interval 2s --report-retention 168h --log-level info"
 )
@@ -42,6 +46,23 @@ func requireNix(t *testing.T) {
 	if _, err := exec.LookPath("nix-instantiate"); err != nil {
 		t.Skip("nix-instantiate not installed; install Debian package nix-bin")
 	}
+}
+
+// nixpkgsLib returns the absolute path of the nixpkgs library that the evaluations import: ../shared/nixpkgs-lib/lib,
+// where CI checks it out beside the repository (as it does ../shared/SPEC.md). Without nix-instantiate the test is
+// skipped first; with it, a missing library fails the test, since the module cannot be checked without it.
+func nixpkgsLib(t *testing.T) string {
+	t.Helper()
+	requireNix(t)
+	dir, err := filepath.Abs(filepath.Join("..", "shared", "nixpkgs-lib", "lib"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "default.nix")); err != nil {
+		t.Fatalf("nixpkgs library not found at %s: %v\nmodule.nix is evaluated with nixpkgs' own lib.evalModules, "+
+			"from ../shared/nixpkgs-lib/lib beside the repository (where CI checks it out, next to ../shared/SPEC.md)", dir, err)
+	}
+	return dir
 }
 
 // nixEnv returns the environment for a nix command that must work as any user, with no daemon and no store:
@@ -81,8 +102,9 @@ func runNixInstantiate(t *testing.T, args ...string) (stdout []byte, stderr stri
 
 // moduleEval is the output of testdata/nix/eval.nix.
 type moduleEval struct {
+	// Options are the module's options by their name below services.nixfleet-control-plane ("tls.cert").
 	Options map[string]struct {
-		Type        string          `json:"type"`
+		Type        string          `json:"type"` // the type's description, as in the NixOS manual
 		Default     json.RawMessage `json:"default"`
 		DefaultText *struct {
 			Type string `json:"_type"`
@@ -90,15 +112,20 @@ type moduleEval struct {
 		} `json:"defaultText"`
 		Description string `json:"description"`
 	} `json:"options"`
-	Config    moduleConfig    `json:"config"`
-	ConfigRaw json.RawMessage `json:"-"`
-}
-
-type moduleConfig struct {
+	// Defined lists the NixOS options that module.nix defines, after mkIf.
+	Defined    []string     `json:"defined"`
+	Config     moduleConfig `json:"config"`
 	Assertions []struct {
 		Assertion bool   `json:"assertion"`
 		Message   string `json:"message"`
 	} `json:"assertions"`
+	FailedAssertions []string        `json:"failedAssertions"`
+	Warnings         []string        `json:"warnings"`
+	ConfigRaw        json.RawMessage `json:"-"`
+}
+
+// moduleConfig holds the values of the NixOS options declared by the stand-ins of testdata/nix/eval.nix.
+type moduleConfig struct {
 	Users struct {
 		Users map[string]struct {
 			IsSystemUser bool   `json:"isSystemUser"`
@@ -117,12 +144,19 @@ type moduleConfig struct {
 			AllowedTCPPorts []int `json:"allowedTCPPorts"`
 		} `json:"firewall"`
 	} `json:"networking"`
-	// Environment is nil when the module defines no environment.* at all.
-	Environment *struct {
+	Environment struct {
+		// Persistence is nil when the impermanence module is not loaded (the option does not exist).
 		Persistence map[string]struct {
 			Directories []map[string]string `json:"directories"`
 		} `json:"persistence"`
 	} `json:"environment"`
+	Services struct {
+		// Prometheus is nil when the Prometheus module is not loaded.
+		Prometheus *struct {
+			Enable    bool     `json:"enable"`
+			RuleFiles []string `json:"ruleFiles"`
+		} `json:"prometheus"`
+	} `json:"services"`
 }
 
 type moduleService struct {
@@ -133,13 +167,43 @@ type moduleService struct {
 	ServiceConfig map[string]json.RawMessage `json:"serviceConfig"`
 }
 
-// evalModule evaluates module.nix with cfg, a Nix expression for the services.nixfleet-control-plane values.
+// moduleHost describes the host module.nix is evaluated in, beside the NixOS stand-ins that are always there.
+type moduleHost struct {
+	impermanence    bool   // load the impermanence stand-in (environment.persistence)
+	prometheus      bool   // load the Prometheus stand-in (services.prometheus.enable and ruleFiles)
+	extraConfig     string // a Nix expression defining other options, e.g. `{ services.prometheus.enable = true; }`
+	checkAssertions bool   // fail on a failed assertion, as a NixOS build does
+}
+
+// runModuleEval runs testdata/nix/eval.nix with cfg, a Nix expression for the services.nixfleet-control-plane
+// values, on host.
+func runModuleEval(t *testing.T, cfg string, host moduleHost) (stdout []byte, stderr string, err error) {
+	t.Helper()
+	args := []string{"--eval", "--strict", "--json", "testdata/nix/eval.nix",
+		"--argstr", "nixpkgsLib", nixpkgsLib(t),
+		"--arg", "cfg", cfg,
+		"--arg", "withImpermanence", fmt.Sprint(host.impermanence),
+		"--arg", "withPrometheus", fmt.Sprint(host.prometheus),
+		"--arg", "checkAssertions", fmt.Sprint(host.checkAssertions),
+	}
+	if host.extraConfig != "" {
+		args = append(args, "--arg", "extraConfig", host.extraConfig)
+	}
+	return runNixInstantiate(t, args...)
+}
+
+// evalModule evaluates module.nix with cfg, with or without the impermanence module.
 func evalModule(t *testing.T, cfg string, withImpermanence bool) moduleEval {
 	t.Helper()
-	out, stderr, err := runNixInstantiate(t, "--eval", "--strict", "--json", "testdata/nix/eval.nix",
-		"--arg", "cfg", cfg, "--arg", "withImpermanence", fmt.Sprint(withImpermanence))
+	return evalModuleOn(t, cfg, moduleHost{impermanence: withImpermanence})
+}
+
+// evalModuleOn evaluates module.nix with cfg on host and decodes the result.
+func evalModuleOn(t *testing.T, cfg string, host moduleHost) moduleEval {
+	t.Helper()
+	out, stderr, err := runModuleEval(t, cfg, host)
 	if err != nil {
-		t.Fatalf("evaluate module with %s: %v\n%s", cfg, err, stderr)
+		t.Fatalf("evaluate module with %s on %+v: %v\n%s", cfg, host, err, stderr)
 	}
 	var ev moduleEval
 	if err := json.Unmarshal(out, &ev); err != nil {
@@ -155,12 +219,12 @@ func evalModule(t *testing.T, cfg string, withImpermanence bool) moduleEval {
 	return ev
 }
 
-// evalModuleError evaluates module.nix with cfg, requires the evaluation to fail and returns its stderr.
-func evalModuleError(t *testing.T, cfg string) string {
+// evalModuleError evaluates module.nix with cfg on host, requires the evaluation to fail and returns its stderr.
+func evalModuleError(t *testing.T, cfg string, host moduleHost) string {
 	t.Helper()
-	_, stderr, err := runNixInstantiate(t, "--eval", "--strict", "--json", "testdata/nix/eval.nix", "--arg", "cfg", cfg)
+	_, stderr, err := runModuleEval(t, cfg, host)
 	if err == nil {
-		t.Fatalf("evaluate module with %s: succeeded, want an error", cfg)
+		t.Fatalf("evaluate module with %s on %+v: succeeded, want an error", cfg, host)
 	}
 	return stderr
 }
@@ -306,25 +370,27 @@ func TestNixFilesParse(t *testing.T) {
 	}
 }
 
-// TestModuleOptions checks every option of SPEC §13.1: its type, its default and that it is documented.
+// TestModuleOptions checks every option of SPEC §13.1, and prometheusRules: its type (as the NixOS manual
+// describes it: "null or string" is nullOr str), its default and that it is documented.
 func TestModuleOptions(t *testing.T) {
 	ev := evalModule(t, "{ }", false)
 	want := map[string]struct{ typ, def string }{
-		"enable":             {"bool", `false`},
+		"enable":             {"boolean", `false`},
 		"package":            {"package", `"` + moduleStubPackage + `"`},
-		"listen":             {"str", `"0.0.0.0:8080"`},
-		"dbPath":             {"str", `"/var/lib/nixfleet-cp/state.db"`},
-		"openFirewall":       {"bool", `false`},
-		"tls.cert":           {"nullOr str", `null`},
-		"tls.key":            {"nullOr str", `null`},
-		"tls.clientCa":       {"nullOr str", `null`},
-		"executorInterval":   {"str", `"2s"`},
-		"reportRetention":    {"str", `"168h"`},
-		"logLevel":           {"enum debug/info/warn/error", `"info"`},
-		"bootstrapTokenFile": {"nullOr str", `null`},
-		"extraArgs":          {"listOf str", `[]`},
-		"persist":            {"bool", `true`},
-		"persistPath":        {"str", `"/persist"`},
+		"listen":             {"string", `"0.0.0.0:8080"`},
+		"dbPath":             {"string", `"/var/lib/nixfleet-cp/state.db"`},
+		"openFirewall":       {"boolean", `false`},
+		"tls.cert":           {"null or string", `null`},
+		"tls.key":            {"null or string", `null`},
+		"tls.clientCa":       {"null or string", `null`},
+		"executorInterval":   {"string", `"2s"`},
+		"reportRetention":    {"string", `"168h"`},
+		"logLevel":           {`one of "debug", "info", "warn", "error"`, `"info"`},
+		"bootstrapTokenFile": {"null or string", `null`},
+		"extraArgs":          {"list of string", `[]`},
+		"persist":            {"boolean", `true`},
+		"persistPath":        {"string", `"/persist"`},
+		"prometheusRules":    {"boolean", `false`},
 	}
 	var names, wantNames []string
 	for name := range ev.Options {
@@ -357,22 +423,47 @@ func TestModuleOptions(t *testing.T) {
 		t.Errorf("package: defaultText %+v, want literalExpression pkgs.nixfleet-control-plane", dt)
 	}
 	// Disabled, the module defines nothing at all.
-	if string(ev.ConfigRaw) != "{}" {
-		t.Errorf("config with enable = false: %s, want {}", ev.ConfigRaw)
+	if len(ev.Defined) != 0 {
+		t.Errorf("with enable = false the module defines %q, want nothing", ev.Defined)
+	}
+	// Enabled, it defines these NixOS options and no others (environment.persistence and services.prometheus
+	// only with their modules: TestModuleImpermanenceACC121, TestModulePrometheusRules).
+	enabled := evalModule(t, "{ enable = true; }", false)
+	wantDefined := []string{"assertions", "networking.firewall.allowedTCPPorts", "systemd.services",
+		"systemd.tmpfiles.rules", "users.groups", "users.users", "warnings"}
+	if !slices.Equal(enabled.Defined, wantDefined) {
+		t.Errorf("with enable = true the module defines %q, want %q", enabled.Defined, wantDefined)
 	}
 }
 
-// TestModuleRejectsInvalidValues checks that the option types do their job, as the NixOS module system would.
+// TestModuleRejectsInvalidValues checks that the option types do their job: the errors are those of the nixpkgs
+// module system, word for word.
 func TestModuleRejectsInvalidValues(t *testing.T) {
+	const notOfType = "A definition for option `services.nixfleet-control-plane."
 	tests := []struct{ name, cfg, wantErr string }{
-		{"log level outside the enum", `{ enable = true; logLevel = "verbose"; }`, "services.nixfleet-control-plane.logLevel' is not of type"},
-		{"extraArgs not a list", `{ enable = true; extraArgs = "--log-level=debug"; }`, "services.nixfleet-control-plane.extraArgs' is not of type"},
-		{"unknown option", `{ enable = true; lsten = "0.0.0.0:80"; }`, "services.nixfleet-control-plane.lsten' does not exist"},
-		{"unknown tls option", `{ enable = true; tls.ca = "/run/secrets/ca.pem"; }`, "services.nixfleet-control-plane.tls.ca' does not exist"},
+		{"listen not a string", `{ enable = true; listen = 8080; }`, notOfType + "listen' is not of type `string'."},
+		{"log level outside the enum", `{ enable = true; logLevel = "loud"; }`,
+			notOfType + "logLevel' is not of type `one of \"debug\", \"info\", \"warn\", \"error\"'."},
+		{"log level of another program", `{ enable = true; logLevel = "verbose"; }`,
+			notOfType + "logLevel' is not of type `one of \"debug\", \"info\", \"warn\", \"error\"'."},
+		{"extraArgs not a list", `{ enable = true; extraArgs = "--log-level=debug"; }`,
+			notOfType + "extraArgs' is not of type `list of string'."},
+		{"tls.cert not a string", `{ enable = true; tls.cert = true; tls.key = "/k.pem"; }`,
+			notOfType + "tls.cert' is not of type `null or string'."},
+		{"prometheusRules not a bool", `{ enable = true; prometheusRules = "yes"; }`,
+			notOfType + "prometheusRules' is not of type `boolean'."},
+		{"unknown option", `{ enable = true; lsten = "0.0.0.0:80"; }`,
+			"The option `services.nixfleet-control-plane.lsten' does not exist."},
+		{"unknown tls option", `{ enable = true; tls.ca = "/run/secrets/ca.pem"; }`,
+			"The option `services.nixfleet-control-plane.tls.ca' does not exist."},
+		// The NixOS options the module defines are typed too: the listen assertion accepts any digits, but
+		// networking.firewall.allowedTCPPorts, a list of ports, does not take 70000.
+		{"firewall port out of range", `{ enable = true; listen = "0.0.0.0:70000"; openFirewall = true; }`,
+			"is not of type `16 bit unsigned integer; between 0 and 65535 (both inclusive)'."},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if stderr := evalModuleError(t, tt.cfg); !strings.Contains(stderr, tt.wantErr) {
+			if stderr := evalModuleError(t, tt.cfg, moduleHost{}); !strings.Contains(stderr, tt.wantErr) {
 				t.Errorf("error %q, want it to contain %q", stderr, tt.wantErr)
 			}
 		})
@@ -401,18 +492,29 @@ func TestModuleAssertionsACC120(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			ev := evalModule(t, tt.cfg, false)
-			var messages, failing []string
-			for _, a := range ev.Config.Assertions {
+			var messages []string
+			for _, a := range ev.Assertions {
 				messages = append(messages, a.Message)
-				if !a.Assertion {
-					failing = append(failing, a.Message)
-				}
 			}
 			if want := []string{assertListenMsg, assertCertKeyMsg, assertClientCAMsg}; !slices.Equal(messages, want) {
 				t.Errorf("assertion messages %q, want %q", messages, want)
 			}
-			if !slices.Equal(failing, tt.failing) {
-				t.Errorf("failing assertions %q, want %q", failing, tt.failing)
+			if !slices.Equal(ev.FailedAssertions, tt.failing) {
+				t.Errorf("failing assertions %q, want %q", ev.FailedAssertions, tt.failing)
+			}
+
+			// Checked as a NixOS build checks them, a failed assertion stops the evaluation with every message.
+			checked := moduleHost{checkAssertions: true}
+			if tt.failing == nil {
+				evalModuleOn(t, tt.cfg, checked)
+				return
+			}
+			want := []string{"Failed assertions:"}
+			for _, m := range tt.failing {
+				want = append(want, "- "+m)
+			}
+			if stderr := evalModuleError(t, tt.cfg, checked); !containsLineRun(trimmedLines([]byte(stderr)), want) {
+				t.Errorf("error %q, want the lines %q", stderr, want)
 			}
 		})
 	}
@@ -634,7 +736,9 @@ func TestModuleServiceUnitACC121(t *testing.T) {
 		}
 	}
 
-	// The module passes flags only: no environment (NIXFLEET_CP_*), no other unit attributes.
+	// The module passes flags only: no environment (NIXFLEET_CP_*), no other unit attributes. The stand-in for
+	// systemd.services declares only these, so setting another one fails the evaluation; this also catches a
+	// stand-in that gains an attribute with a default.
 	var raw struct {
 		Systemd struct {
 			Services map[string]map[string]json.RawMessage `json:"services"`
@@ -759,7 +863,7 @@ func TestModuleImpermanenceACC121(t *testing.T) {
 	tests := []struct {
 		name, cfg    string
 		impermanence bool
-		want         map[string][]map[string]string // persistence root -> directories; nil: no environment at all
+		want         map[string][]map[string]string // persistence root -> directories; nil: no such option
 	}{
 		{"with impermanence", `{ enable = true; }`, true, map[string][]map[string]string{"/persist": {entry}}},
 		{"custom persistPath", `{ enable = true; persistPath = "/nix/persist"; }`, true,
@@ -771,18 +875,22 @@ func TestModuleImpermanenceACC121(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			ev := evalModule(t, tt.cfg, tt.impermanence)
-			env := ev.Config.Environment
+			persistence := ev.Config.Environment.Persistence
+			if defines := slices.Contains(ev.Defined, "environment.persistence"); defines != (len(tt.want) > 0) {
+				t.Errorf("module defines environment.persistence: %v, want %v", defines, len(tt.want) > 0)
+			}
 			if tt.want == nil {
-				if env != nil {
-					t.Fatalf("environment = %+v, want none without the impermanence module", *env)
+				if persistence != nil {
+					t.Fatalf("environment.persistence = %+v, want no such option without the impermanence module", persistence)
 				}
 				return
 			}
+			if persistence == nil {
+				t.Fatal("no environment.persistence with the impermanence module")
+			}
 			got := map[string][]map[string]string{}
-			if env != nil {
-				for root, p := range env.Persistence {
-					got[root] = p.Directories
-				}
+			for root, p := range persistence {
+				got[root] = p.Directories
 			}
 			if !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("environment.persistence = %v, want %v", got, tt.want)
@@ -791,20 +899,84 @@ func TestModuleImpermanenceACC121(t *testing.T) {
 	}
 }
 
-// TestModuleReadmeExamples evaluates the README's two NixOS examples (testdata/nix/readme-*.nix): no assertion
-// fails, and README.md, once written, shows each of them verbatim.
+// TestModulePrometheusRules checks the prometheusRules option: the rules file goes into services.prometheus.ruleFiles
+// only when it is set, Prometheus itself is left alone, and without the Prometheus module the configuration still
+// evaluates and mentions no services.prometheus at all.
+func TestModulePrometheusRules(t *testing.T) {
+	rules, err := filepath.Abs(rulesFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const running = `{ services.prometheus.enable = true; }`
+	tests := []struct {
+		name, cfg   string
+		host        moduleHost
+		wantRules   []string // services.prometheus.ruleFiles; nil: the option does not exist
+		wantWarning bool     // the warning that no local Prometheus evaluates the rules
+	}{
+		{"off by default", `{ enable = true; }`, moduleHost{prometheus: true, extraConfig: running}, []string{}, false},
+		{"on", `{ enable = true; prometheusRules = true; }`, moduleHost{prometheus: true, extraConfig: running},
+			[]string{rules}, false},
+		{"readme example", `import ./testdata/nix/readme-prometheus.nix`, moduleHost{prometheus: true, extraConfig: running},
+			[]string{rules}, false},
+		{"on, Prometheus not enabled", `{ enable = true; prometheusRules = true; }`, moduleHost{prometheus: true},
+			[]string{rules}, true},
+		{"on, service disabled", `{ prometheusRules = true; }`, moduleHost{prometheus: true, extraConfig: running},
+			[]string{}, false},
+		{"without the Prometheus module", `{ enable = true; }`, moduleHost{}, nil, false},
+		{"on, without the Prometheus module", `{ enable = true; prometheusRules = true; }`, moduleHost{}, nil, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ev := evalModuleOn(t, tt.cfg, tt.host)
+			if defines := slices.Contains(ev.Defined, "services.prometheus.ruleFiles"); defines != (len(tt.wantRules) > 0) {
+				t.Errorf("module defines services.prometheus.ruleFiles: %v, want %v", defines, len(tt.wantRules) > 0)
+			}
+			prom := ev.Config.Services.Prometheus
+			switch {
+			case tt.wantRules == nil && prom != nil:
+				t.Errorf("services.prometheus = %+v, want no such option without the Prometheus module", *prom)
+			case tt.wantRules != nil && prom == nil:
+				t.Errorf("no services.prometheus with the Prometheus module")
+			case tt.wantRules != nil:
+				if !slices.Equal(prom.RuleFiles, tt.wantRules) {
+					t.Errorf("services.prometheus.ruleFiles = %q, want %q", prom.RuleFiles, tt.wantRules)
+				}
+				// The host decides whether Prometheus runs; the module never enables it.
+				if wantEnable := tt.host.extraConfig == running; prom.Enable != wantEnable {
+					t.Errorf("services.prometheus.enable = %v, want %v as the host set it", prom.Enable, wantEnable)
+				}
+			}
+			var wantWarnings []string
+			if tt.wantWarning {
+				wantWarnings = []string{warnNoPrometheus}
+			}
+			if !slices.Equal(ev.Warnings, wantWarnings) {
+				t.Errorf("warnings %q, want %q", ev.Warnings, wantWarnings)
+			}
+		})
+	}
+	// The file the module hands to Prometheus is the one rules_test.go checks with promtool.
+	if _, err := os.Stat(rules); err != nil {
+		t.Errorf("rules file: %v", err)
+	}
+}
+
+// TestModuleReadmeExamples evaluates the README's two NixOS examples (testdata/nix/readme-*.nix) on a host with
+// impermanence and a running Prometheus: no assertion fails, nothing warns, and README.md, once written, shows each
+// of them verbatim.
 func TestModuleReadmeExamples(t *testing.T) {
+	host := moduleHost{impermanence: true, prometheus: true, extraConfig: `{ services.prometheus.enable = true; }`,
+		checkAssertions: true}
 	for _, name := range []string{"readme-minimal.nix", "readme-mtls.nix"} {
 		t.Run(name, func(t *testing.T) {
 			path := filepath.Join("testdata", "nix", name)
-			ev := evalModule(t, "import ./"+filepath.ToSlash(path), true)
-			for _, a := range ev.Config.Assertions {
-				if !a.Assertion {
-					t.Errorf("assertion failed: %s", a.Message)
-				}
+			ev := evalModuleOn(t, "import ./"+filepath.ToSlash(path), host)
+			if len(ev.FailedAssertions) != 0 || len(ev.Warnings) != 0 {
+				t.Errorf("failed assertions %q, warnings %q; want none", ev.FailedAssertions, ev.Warnings)
 			}
-			if len(ev.Config.Assertions) != 3 {
-				t.Errorf("%d assertions, want 3", len(ev.Config.Assertions))
+			if len(ev.Assertions) != 3 {
+				t.Errorf("%d assertions, want 3", len(ev.Assertions))
 			}
 			moduleUnit(t, ev)
 
@@ -894,12 +1066,13 @@ type flakePackage struct {
 	} `json:"args"`
 }
 
-// TestFlakeOutputs checks SPEC §13.4 by calling the flake's outputs with a stub nixpkgs.
+// TestFlakeOutputs checks SPEC §13.4 by calling the flake's outputs with a stub nixpkgs around the real lib.
 func TestFlakeOutputs(t *testing.T) {
 	// -X main.version only works on a string variable; this fails to compile if main.version is not one.
 	var _ *string = &version
 
-	out, stderr, err := runNixInstantiate(t, "--eval", "--strict", "--json", "testdata/nix/flake-eval.nix")
+	out, stderr, err := runNixInstantiate(t, "--eval", "--strict", "--json", "testdata/nix/flake-eval.nix",
+		"--argstr", "nixpkgsLib", nixpkgsLib(t))
 	if err != nil {
 		t.Fatalf("evaluate flake outputs: %v\n%s", err, stderr)
 	}

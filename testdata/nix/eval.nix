@@ -1,40 +1,52 @@
-# Evaluates ../../module.nix the way the NixOS module system would for one host, without NixOS or nixpkgs, and
-# returns plain data for module_test.go (nix-instantiate --eval --strict --json).
+# Evaluates ../../module.nix with the real module system of nixpkgs (`lib.evalModules` from the nixpkgs library),
+# as NixOS evaluates a host, and returns plain data for module_test.go (nix-instantiate --eval --strict --json).
+# Nothing is built or fetched and nothing is copied to the store: module_test.go runs it against the dummy:// store.
 #
-#   cfg               the user's `services.nixfleet-control-plane` values, e.g. { enable = true; listen = "[::]:8443"; }
-#                     (or `import ./readme-mtls.nix`). Unknown names and values of the wrong type are errors, as
-#                     in NixOS.
-#   withImpermanence  declare the impermanence module's `environment.persistence` option.
+# Arguments:
+#   nixpkgsLib        the absolute path of a nixpkgs `lib` directory (a string: --argstr). module_test.go passes
+#                     ../shared/nixpkgs-lib/lib, beside the repository, where CI puts it.
+#   cfg               the `services.nixfleet-control-plane` definition, e.g. { enable = true; listen = "[::]:8443"; }
+#                     or `import ./testdata/nix/readme-mtls.nix`.
+#   extraConfig       a definition of other options, e.g. { services.prometheus.enable = true; }.
+#   withImpermanence  declare impermanence's `environment.persistence`.
+#   withPrometheus    declare the NixOS Prometheus module's `services.prometheus.{enable,ruleFiles}`.
+#   checkAssertions   fail as a NixOS build does when an assertion fails ("Failed assertions: …", through
+#                     lib.asserts.checkAssertWarn), and print the warnings otherwise.
 #
-# What it does, in NixOS terms:
-#   * `lib` is the stub in ./lib.nix; `pkgs` holds only a fake `nixfleet-control-plane` derivation whose outPath
-#     is a made-up store path (nothing is built or copied to the store).
-#   * `options` declares the module's own options, the NixOS options it defines (assertions, users, systemd,
-#     networking.firewall), an unrelated `environment.etc` and, with withImpermanence, `environment.persistence`,
-#     so `options ? environment.persistence` behaves as on a real host. A definition of an undeclared option is an
-#     error even behind mkIf false, as in NixOS.
-#   * `config.services.nixfleet-control-plane` is each declared option's user value, else its default, checked
-#     against the option's type. This module is the only one defining it, so no priorities are needed. As in
-#     NixOS, it can only be read once the top-level attribute names of the module's config are known, so a
-#     module that picks those names from its own cfg fails with infinite recursion here too.
-#   * The module's `config` is resolved by `resolve`: mkIf keeps or drops its content, mkMerge and attribute sets
-#     merge recursively (lists concatenate, equal leaves are kept, different leaves are a conflict), mkOverride
-#     unwraps. A dropped value leaves no attribute behind, as an undefined option would.
+# NixOS itself is not evaluated. In its place, stand-in modules declare just the NixOS options that module.nix
+# defines or reads, with the types and defaults NixOS gives them (simplified where a comment says so). So the module
+# system checks every definition for real: a value of the wrong type, a definition of an option that does not exist
+# (even behind mkIf false), a conflict or an infinite recursion fails here as it would on a NixOS host. `pkgs` holds
+# only a fake `nixfleet-control-plane` derivation whose outPath is a made-up store path.
 #
 # The result:
-#   options  { "<dotted name>" = { type; default; defaultText; description; }; }, e.g. "tls.cert"
-#   cfg      the effective option values
-#   config   the resolved module output. The command line is only in
-#            config.systemd.services.nixfleet-control-plane.serviceConfig.ExecStart, exactly as systemd gets it;
-#            module_test.go splits it back into argv with the quoting rules of escapeShellArg (see lib.nix), so
-#            the test checks the real string rather than a copy of the argument list.
-{ cfg ? { }, withImpermanence ? false }:
+#   options           { "<name below services.nixfleet-control-plane>" = { type; default; defaultText; description; }; },
+#                     e.g. "tls.cert"; `type` is the type's description as the NixOS manual shows it ("null or string")
+#   defined           the other modules' options that module.nix defines, after mkIf (from `options.<name>.files`)
+#   config            the resulting values of the stand-in options. The command line is only in
+#                     systemd.services.nixfleet-control-plane.serviceConfig.ExecStart, exactly as systemd gets it;
+#                     module_test.go splits it back into argv with the quoting rules of lib.escapeShellArg. With
+#                     withPrometheus, services.prometheus.ruleFiles holds each path as a string (never copied).
+#   assertions        config.assertions
+#   failedAssertions  the messages of the failed assertions, as NixOS collects them
+#   warnings          config.warnings
+#
+# By hand, from the repository root:
+#   nix-instantiate --eval --strict --json testdata/nix/eval.nix --argstr nixpkgsLib "$PWD/../shared/nixpkgs-lib/lib" \
+#     --arg cfg '{ enable = true; }'
+{ nixpkgsLib
+, cfg ? { }
+, extraConfig ? { }
+, withImpermanence ? false
+, withPrometheus ? false
+, checkAssertions ? false
+}:
 
 let
-  lib = import ./lib.nix;
-  inherit (builtins) all attrNames concatStringsSep filter foldl' isAttrs isList listToAttrs mapAttrs typeOf;
+  lib = import nixpkgsLib;
+  inherit (lib) mkOption types;
 
-  prefix = "services.nixfleet-control-plane";
+  modulePath = ../../module.nix;
 
   pkgs = {
     nixfleet-control-plane = {
@@ -44,118 +56,140 @@ let
     };
   };
 
-  module = import ../../module.nix { inherit config lib pkgs options; };
-  declared = module.options.services.nixfleet-control-plane;
+  # A value of a systemd unit setting. Simplified: nixos/lib/systemd-unit-options.nix also takes nested lists.
+  unitValue = types.oneOf [ types.bool types.int types.str (types.listOf types.str) ];
 
-  # The option tree, passed to the module as `options` and used to reject definitions of undeclared options.
-  # Options of other NixOS modules are declared without a type: the driver checks only where they exist.
-  nixosOption = description: lib.mkOption { inherit description; };
-  options = {
-    services.nixfleet-control-plane = declared;
-    assertions = nixosOption "assertions";
-    users = { users = nixosOption "users"; groups = nixosOption "groups"; };
-    systemd = { services = nixosOption "services"; tmpfiles.rules = nixosOption "tmpfiles rules"; };
-    networking.firewall.allowedTCPPorts = nixosOption "open TCP ports";
-    environment = {
-      etc = nixosOption "unrelated option beside environment.persistence";
-    } // lib.optionalAttrs withImpermanence {
-      persistence = nixosOption "stand-in for impermanence's environment.persistence";
+  # The NixOS options that module.nix defines, always present on a NixOS host, and the module arguments.
+  nixos = {
+    _file = "testdata/nix/eval.nix (NixOS stand-ins)";
+    options = {
+      # nixos/modules/misc/assertions.nix
+      assertions = mkOption { type = types.listOf types.unspecified; default = [ ]; internal = true; };
+      warnings = mkOption { type = types.listOf types.str; default = [ ]; internal = true; };
+
+      # nixos/modules/config/users-groups.nix, with the sub-options module.nix uses.
+      users.users = mkOption {
+        type = types.attrsOf (types.submodule {
+          options = {
+            isSystemUser = mkOption { type = types.bool; default = false; };
+            group = mkOption { type = types.str; default = ""; };
+            description = mkOption { type = types.passwdEntry types.str; default = ""; };
+          };
+        });
+        default = { };
+      };
+      users.groups = mkOption {
+        type = types.attrsOf (types.submodule {
+          options = {
+            gid = mkOption { type = types.nullOr types.int; default = null; };
+            members = mkOption { type = types.listOf types.str; default = [ ]; };
+          };
+        });
+        default = { };
+      };
+
+      # nixos/lib/systemd-unit-options.nix, with the unit attributes module.nix uses: anything else it set
+      # (an `environment`, say) would fail the evaluation as an option that does not exist.
+      systemd.services = mkOption {
+        type = types.attrsOf (types.submodule {
+          options = {
+            description = mkOption { type = types.singleLineStr; default = ""; };
+            wantedBy = mkOption { type = types.listOf types.str; default = [ ]; };
+            after = mkOption { type = types.listOf types.str; default = [ ]; };
+            wants = mkOption { type = types.listOf types.str; default = [ ]; };
+            serviceConfig = mkOption { type = types.attrsOf unitValue; default = { }; };
+          };
+        });
+        default = { };
+      };
+      # nixos/modules/system/boot/systemd/tmpfiles.nix
+      systemd.tmpfiles.rules = mkOption { type = types.listOf types.str; default = [ ]; };
+
+      # nixos/modules/services/networking/firewall.nix
+      networking.firewall.allowedTCPPorts = mkOption { type = types.listOf types.port; default = [ ]; };
+
+      # nixos/modules/system/etc/etc.nix. Not used by module.nix, but always beside impermanence's
+      # environment.persistence on NixOS: `options ? environment` proves nothing about impermanence.
+      environment.etc = mkOption { type = types.attrsOf types.anything; default = { }; };
+    };
+    config._module.args.pkgs = pkgs;
+  };
+
+  # nix-community/impermanence: environment.persistence.<root>.directories, whose entries are a path or
+  # { directory; user; group; mode; }.
+  impermanence = {
+    _file = "testdata/nix/eval.nix (impermanence stand-in)";
+    options.environment.persistence = mkOption {
+      type = types.attrsOf (types.submodule {
+        options.directories = mkOption {
+          type = types.listOf (types.coercedTo types.str (directory: { inherit directory; }) (types.submodule {
+            options = {
+              directory = mkOption { type = types.str; };
+              user = mkOption { type = types.str; default = "root"; };
+              group = mkOption { type = types.str; default = "root"; };
+              mode = mkOption { type = types.str; default = "0755"; };
+            };
+          }));
+          default = [ ];
+        };
+      });
+      default = { };
     };
   };
 
-  isOption = v: isAttrs v && (v._type or null) == "option";
+  # nixos/modules/services/monitoring/prometheus/default.nix, with the options module.nix defines or reads.
+  prometheus = {
+    _file = "testdata/nix/eval.nix (Prometheus stand-in)";
+    options.services.prometheus = {
+      enable = lib.mkEnableOption "Prometheus monitoring daemon";
+      ruleFiles = mkOption { type = types.listOf types.path; default = [ ]; };
+    };
+  };
 
-  # Walks the declarations beside the user's values; returns the effective values.
-  effective = path: decls: values:
-    let
-      unknown = filter (n: !(decls ? ${n})) (attrNames values);
-      name = n: concatStringsSep "." ([ prefix ] ++ path ++ [ n ]);
-    in
-    if unknown != [ ] then throw "the option `${name (builtins.head unknown)}' does not exist"
-    else mapAttrs
-      (n: decl:
-        if isOption decl then
-          let v = if values ? ${n} then values.${n} else decl.default;
-          in if decl.type.check v then v
-          else throw "the option `${name n}' is not of type `${decl.type.sig}' (got a ${typeOf v})"
-        else effective (path ++ [ n ]) decl (values.${n} or { }))
-      decls;
+  evaluated = lib.evalModules {
+    class = "nixos";
+    modules = [
+      modulePath
+      nixos
+      { _file = "cfg (testdata/nix/eval.nix)"; config.services.nixfleet-control-plane = cfg; }
+      { _file = "extraConfig (testdata/nix/eval.nix)"; config = extraConfig; }
+    ]
+    ++ lib.optional withImpermanence impermanence
+    ++ lib.optional withPrometheus prometheus;
+  };
+  inherit (evaluated) config options;
 
-  # In NixOS an option's value is merged from every module's definitions, so reading any config.services.* value
-  # first needs the top-level attribute names of this module's config (through mkIf and mkMerge, without their
-  # conditions). Making cfg wait for them reproduces the module system's infinite recursion when a module decides
-  # its top-level attributes from its own cfg.
-  topNames = v:
-    if isAttrs v && (v._type or null) == "if" then topNames v.content
-    else if isAttrs v && (v._type or null) == "merge" then lib.concatMap topNames v.contents
-    else if isAttrs v && (v._type or null) == "override" then topNames v.content
-    else if isAttrs v then attrNames v
-    else [ ];
+  # The option declarations of a subtree, without the module system's own `_module` options.
+  optionsOf = tree: lib.collect lib.isOption (removeAttrs tree [ "_module" ]);
 
-  config.services.nixfleet-control-plane =
-    builtins.seq (builtins.length (topNames module.config)) (effective [ ] declared cfg);
+  result = {
+    options = lib.listToAttrs (map
+      (opt: lib.nameValuePair (lib.concatStringsSep "." (lib.drop 2 opt.loc)) {
+        type = opt.type.description;
+        default = opt.default or null;
+        defaultText = opt.defaultText or null;
+        description = opt.description or null;
+      })
+      (optionsOf options.services.nixfleet-control-plane));
 
-  # Like the module system, every definition must name a declared option, even behind mkIf false: walks the
-  # definitions through mkIf, mkMerge and mkOverride without evaluating conditions, down to the options.
-  checkDeclared = path: opts: def:
-    if isAttrs def && (def._type or null) == "if" then checkDeclared path opts def.content
-    else if isAttrs def && (def._type or null) == "merge" then all (checkDeclared path opts) def.contents
-    else if isAttrs def && (def._type or null) == "override" then checkDeclared path opts def.content
-    else if isOption opts then true
-    else if isPlainSet def then
-      all
-        (n: if opts ? ${n} then checkDeclared (path ++ [ n ]) opts.${n} def.${n}
-          else throw "The option `${concatStringsSep "." (path ++ [ n ])}' does not exist.")
-        (attrNames def)
-    else throw "`${concatStringsSep "." path}' is a set of options, not a value";
+    # An option's default counts as a definition from the file that declares it, so module.nix's own options
+    # are left out.
+    defined = map (opt: lib.showOption opt.loc)
+      (lib.filter (opt: lib.elem (toString modulePath) opt.files && !lib.elem (toString modulePath) opt.declarations)
+        (optionsOf options));
 
-  # Flattens the declarations to { "tls.cert" = { ... }; }.
-  flatten = path: decls:
-    foldl' (acc: n:
-      let decl = decls.${n}; p = path ++ [ n ];
-      in acc // (if isOption decl then {
-        ${concatStringsSep "." p} = {
-          type = decl.type.sig;
-          default = decl.default;
-          defaultText = decl.defaultText or null;
-          description = decl.description or null;
-        };
-      } else flatten p decl))
-      { }
-      (attrNames decls);
+    config = {
+      inherit (config) users systemd networking environment;
+    } // lib.optionalAttrs withPrometheus {
+      services.prometheus = {
+        inherit (config.services.prometheus) enable;
+        ruleFiles = map toString config.services.prometheus.ruleFiles;
+      };
+    };
 
-  absent = { _type = "absent"; };
-  isAbsent = v: isAttrs v && (v._type or null) == "absent";
-  isPlainSet = v: isAttrs v && !(v ? _type) && !(lib.isDerivation v);
-
-  resolve = v:
-    if isAttrs v && (v._type or null) == "if" then
-      (if v.condition then resolve v.content else absent)
-    else if isAttrs v && (v._type or null) == "merge" then
-      foldl' merge absent (map resolve v.contents)
-    else if isAttrs v && (v._type or null) == "override" then
-      resolve v.content
-    else if isAttrs v && v ? _type then
-      throw "resolve: unexpected ${v._type} in the module's config"
-    else if isPlainSet v then
-      let resolved = mapAttrs (_: resolve) v;
-      in listToAttrs (map (name: { inherit name; value = resolved.${name}; })
-        (filter (n: !(isAbsent resolved.${n})) (attrNames resolved)))
-    else v;
-
-  merge = a: b:
-    if isAbsent a then b
-    else if isAbsent b then a
-    else if isPlainSet a && isPlainSet b then
-      a // b // mapAttrs (n: _: merge a.${n} b.${n}) (builtins.intersectAttrs a b)
-    else if isList a && isList b then a ++ b
-    else if a == b then a
-    else throw "conflicting definitions in the module's config";
-
-  resolvedConfig = assert checkDeclared [ ] options module.config; resolve module.config;
+    inherit (config) assertions warnings;
+    # Collected as lib.asserts.checkAssertWarn (below) collects them for NixOS.
+    failedAssertions = map (x: x.message) (lib.filter (x: !x.assertion) config.assertions);
+  };
 in
-{
-  options = flatten [ ] declared;
-  cfg = config.services.nixfleet-control-plane;
-  config = if isAbsent resolvedConfig then { } else resolvedConfig;
-}
+if checkAssertions then lib.asserts.checkAssertWarn config.assertions config.warnings result else result

@@ -1,12 +1,16 @@
-# Calls ../../flake.nix's `outputs` with a stub nixpkgs and returns plain data for module_test.go
-# (nix-instantiate --eval --strict --json). Nothing is fetched or built.
+# Calls ../../flake.nix's `outputs` with a stub nixpkgs around the real nixpkgs library and returns plain data for
+# module_test.go (nix-instantiate --eval --strict --json). Nothing is fetched or built.
 #
 # The stub's buildGoModule returns the arguments it was given plus the GOFLAGS that nixpkgs' buildGoModule derives
 # from them (-mod=vendor, and -trimpath unless allowGoReference), and fails, as nixpkgs does, on a missing
 # vendorHash and on CGO_ENABLED given both at the top level and in `env`. `src` is replaced by whether it is the
 # repository root, so no path is ever copied to the store.
+#
+# `nixpkgsLib` is the absolute path of the nixpkgs `lib` directory, as for eval.nix.
+{ nixpkgsLib }:
+
 let
-  lib = import ./lib.nix;
+  lib = import nixpkgsLib;
   systems = [ "x86_64-linux" "aarch64-linux" ];
 
   buildGoModule = args:
