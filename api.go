@@ -26,14 +26,14 @@ import (
 
 // server holds what the HTTP handlers need.
 type server struct {
-	cp             *controlPlane
-	m              *metrics
-	log            *slog.Logger
-	mode           string // plain, tls or mtls
-	bootstrapToken string // empty: no token required
-	mux            *http.ServeMux
-	patterns       []string          // every route pattern, in the order of routes
-	access         map[string]access // by route pattern: who may call it
+	cp       *controlPlane
+	m        *metrics
+	log      *slog.Logger
+	mode     string // plain, tls or mtls
+	guard    bootstrapGuard
+	mux      *http.ServeMux
+	patterns []string          // every route pattern, in the order of routes
+	access   map[string]access // by route pattern: who may call it
 }
 
 // access is who may call a route.
@@ -85,8 +85,8 @@ func (s *server) routes() {
 }
 
 // newServer builds the HTTP layer over the control plane.
-func newServer(cp *controlPlane, m *metrics, log *slog.Logger, mode, bootstrapToken string) *server {
-	s := &server{cp: cp, m: m, log: log, mode: mode, bootstrapToken: bootstrapToken,
+func newServer(cp *controlPlane, m *metrics, log *slog.Logger, mode string, bootstrap bootstrapGuard) *server {
+	s := &server{cp: cp, m: m, log: log, mode: mode, guard: bootstrap,
 		mux: http.NewServeMux(), access: map[string]access{}}
 	s.routes()
 	return s
@@ -314,13 +314,24 @@ func errorStatus(err error) (int, string) {
 	return http.StatusInternalServerError, "internal error"
 }
 
+const statusClientClosed = 499
+
 // writeError answers err as a JSON error (§2.5). Internal errors are logged
 // with their text and answered with a fixed message.
 func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	status, msg := errorStatus(err)
+	if status >= 500 && r.Context().Err() != nil {
+		// The client went away while its request waited (for the write
+		// lock, say), and the wait failed because of that. Nothing can be
+		// answered; 499 (nginx's "client closed request") keeps it apart
+		// from server errors in the metrics, and it is not logged as one.
+		status, msg = statusClientClosed, "client closed request"
+	}
 	switch status {
 	case http.StatusInternalServerError:
 		s.log.Error("internal error", "method", r.Method, "path", r.URL.Path, "err", err)
+	case statusClientClosed:
+		s.log.Info("client closed request", "method", r.Method, "path", r.URL.Path, "err", err)
 	case http.StatusUnauthorized:
 		w.Header().Set("WWW-Authenticate", `Bearer realm="nixfleet"`)
 	case http.StatusServiceUnavailable:
@@ -339,19 +350,6 @@ func writeJSONError(w http.ResponseWriter, status int, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	w.Write(b)
-}
-
-// marshalJSON encodes v compactly with a trailing newline. HTML characters
-// stay as they are: these are API responses, and the v0.1 CLI prints
-// messages such as "invalid transition: active -> pending" verbatim.
-func marshalJSON(v any) ([]byte, error) {
-	var b bytes.Buffer
-	enc := json.NewEncoder(&b)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
-		return nil, fmt.Errorf("encode response: %w", err)
-	}
-	return b.Bytes(), nil
 }
 
 // writeJSON writes v as a compact JSON response.

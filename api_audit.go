@@ -3,6 +3,7 @@ package main
 import (
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 )
 
@@ -12,6 +13,9 @@ import (
 // means the limit is optional and unbounded (the export).
 func parseAuditFilter(q url.Values, defLimit, maxLimit int) (auditFilter, error) {
 	f := auditFilter{actor: q.Get("actor"), action: q.Get("action"), target: q.Get("target")}
+	if _, ok := q["action"]; ok && !slices.Contains(auditActions, f.action) {
+		return f, invalidf("action: not an audit action: %s", f.action)
+	}
 	for _, p := range []struct {
 		name string
 		dst  **int64

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/subtle"
 	"crypto/tls"
 	"crypto/x509"
@@ -9,6 +10,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 )
 
@@ -117,11 +119,11 @@ func readPEMCertificates(what, path string) ([]*x509.Certificate, error) {
 
 var oidCommonName = asn1.ObjectIdentifier{2, 5, 4, 3}
 
-// peerCN returns the CommonName of the verified client certificate. ok is
-// false when the connection carries no verified certificate (plain and TLS
-// modes). A subject with zero or several CommonNames yields cn == "" and
-// ok == true, which matches no machine id.
-func peerCN(r *http.Request) (cn string, ok bool) {
+// peerCN returns the CommonName of the verified client certificate; verified
+// is false when the connection carries none (plain and TLS modes). A
+// certificate whose subject has no CommonName, or several, has no identity
+// (§3.3): cn is "" and every CN check must fail closed on it.
+func peerCN(r *http.Request) (cn string, verified bool) {
 	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 || len(r.TLS.PeerCertificates) == 0 {
 		return "", false
 	}
@@ -220,19 +222,68 @@ func (s *server) authenticate(r *http.Request) (*principal, error) {
 	return &principal{actor: "apikey:" + k.Name, role: k.Role, keyID: k.ID}, nil
 }
 
-// bootstrap handles POST /api/v1/keys/bootstrap: the first admin key, while
-// the key table is empty (§3.3), behind the configured guards.
-func (s *server) bootstrap(w http.ResponseWriter, r *http.Request, _ *principal) error {
-	if s.bootstrapToken != "" {
-		got := r.Header.Get("X-Bootstrap-Token")
-		if subtle.ConstantTimeCompare([]byte(got), []byte(s.bootstrapToken)) != 1 {
-			return s.authFailure(r, errForbidden, "forbidden", "bootstrap token required")
-		}
+// bootstrapGuard is what POST /api/v1/keys/bootstrap requires besides an
+// empty key table (§3.3).
+type bootstrapGuard struct {
+	token string   // --bootstrap-token-file's secret; empty: none
+	cns   []string // --bootstrap-cn: in mTLS without a token, the CNs that may bootstrap
+}
+
+const bootstrapClosed = "bootstrap is closed: set --bootstrap-token-file or --bootstrap-cn, or create a key offline with keys create"
+
+// check refuses a bootstrap request that does not pass the guard. In mTLS
+// mode a certificate must have an identity (exactly one CN) that is not a
+// machine's, and without a token file that CN must be listed in
+// --bootstrap-cn: otherwise any certificate the fleet CA signed, such as
+// every agent's, could mint the first admin key.
+func (s *server) checkBootstrap(r *http.Request) error {
+	g := s.guard
+	if g.token != "" && subtle.ConstantTimeCompare([]byte(r.Header.Get("X-Bootstrap-Token")), []byte(g.token)) != 1 {
+		return s.authFailure(r, errForbidden, "forbidden", "bootstrap token required")
 	}
-	// A stolen agent certificate must not mint an admin key on a fresh or
-	// restored control plane.
-	if cn, ok := peerCN(r); ok && s.cp.st.fleet.get(cn) != nil {
+	cn, verified := peerCN(r)
+	switch {
+	case !verified: // plain and TLS modes: no client certificate to judge
+	case cn == "":
+		return s.authFailure(r, errForbidden, "forbidden", "client certificate has no single CN: it cannot bootstrap")
+	case s.cp.st.fleet.get(cn) != nil:
 		return s.authFailure(r, errForbidden, "forbidden", "machine certificates cannot bootstrap")
+	case g.token != "":
+	case len(g.cns) == 0:
+		return s.authFailure(r, errForbidden, "forbidden", bootstrapClosed)
+	case !slices.Contains(g.cns, cn):
+		return s.authFailure(r, errForbidden, "forbidden", "client certificate CN "+cn+" is not in --bootstrap-cn")
+	}
+	return nil
+}
+
+// logBootstrapGuard says at startup how bootstrap is guarded, so that an
+// operator knows whether the first admin key can be minted and by whom.
+func (s *server) logBootstrapGuard(ctx context.Context) {
+	keys, err := readValue(ctx, s.cp.st, dbq.countKeys)
+	switch g := s.guard; {
+	case err != nil:
+		s.log.Warn("cannot tell how bootstrap is guarded", "err", err)
+	case keys > 0:
+		s.log.Info("bootstrap is closed: API keys exist")
+	case s.mode == "mtls" && g.token == "" && len(g.cns) == 0:
+		s.log.Warn("no API keys exist and " + bootstrapClosed)
+	case g.token != "":
+		s.log.Info("no API keys exist: POST /api/v1/keys/bootstrap requires the secret of --bootstrap-token-file")
+	case s.mode == "mtls":
+		s.log.Info("no API keys exist: POST /api/v1/keys/bootstrap accepts client certificates whose CN is in --bootstrap-cn",
+			"cns", strings.Join(g.cns, ","))
+	default:
+		s.log.Warn("no API keys exist: POST /api/v1/keys/bootstrap is open",
+			"hint", "set --bootstrap-token-file to require a one-time secret")
+	}
+}
+
+// bootstrap handles POST /api/v1/keys/bootstrap: the first admin key, while
+// the key table is empty (§3.3), behind the configured guard.
+func (s *server) bootstrap(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	if err := s.checkBootstrap(r); err != nil {
+		return err
 	}
 	req, err := decode[bootstrapRequest](w, r, maxBody, true)
 	if err != nil {

@@ -21,6 +21,9 @@ type machineRec struct {
 	Uptime       int64
 	Tags         []string // sorted, unique, never nil
 	Desired      *desiredGen
+
+	// The flood bound of the audit rows its agent writes (reports.go).
+	ReportAudit, TagsAudit auditWindow
 }
 
 type desiredGen struct {

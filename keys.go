@@ -25,11 +25,6 @@ type apiKey struct {
 	RevokedAt  *int64
 }
 
-// active reports whether the key can authenticate at now (Unix ms).
-func (k *apiKey) active(now int64) bool {
-	return k.RevokedAt == nil && (k.ExpiresAt == nil || *k.ExpiresAt > now)
-}
-
 // newKeyToken returns a fresh API key: "nfk-" and 64 lowercase hex digits.
 func newKeyToken() string {
 	var b [32]byte
@@ -221,7 +216,9 @@ func parseKeyID(v string) (int64, error) {
 
 // revokeKey revokes a key (§4.29). Revoking a revoked key changes nothing
 // and writes no audit row. It returns a 404 for an unknown key and a 409
-// when the key is the last active admin key.
+// when the key is the last admin key without an expiry: an admin key that
+// will expire does not count, so the fleet can never lock itself out by
+// waiting.
 func (cp *controlPlane) revokeKey(ctx context.Context, actor string, id int64) error {
 	return cp.st.write(ctx, func(tx *txn) error {
 		k, err := tx.keyByID(id)
@@ -234,13 +231,13 @@ func (cp *controlPlane) revokeKey(ctx context.Context, actor string, id int64) e
 		if k.RevokedAt != nil {
 			return nil
 		}
-		if k.Role == "admin" && k.active(tx.now) {
-			others, err := tx.otherActiveAdmins(id, tx.now)
+		if k.Role == "admin" && k.ExpiresAt == nil {
+			others, err := tx.otherLastingAdmins(id)
 			if err != nil {
 				return err
 			}
 			if others == 0 {
-				return conflictf("cannot revoke the last active admin key")
+				return conflictf("cannot revoke the last non-expiring admin key")
 			}
 		}
 		if err := tx.revokeKey(id); err != nil {

@@ -25,6 +25,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -84,6 +85,9 @@ Server flags (each also read from its environment variable; a flag wins):
   --report-retention DURATION   NIXFLEET_CP_REPORT_RETENTION (default 168h, at least 1h)
   --log-level LEVEL             NIXFLEET_CP_LOG_LEVEL: debug, info, warn or error (default info)
   --bootstrap-token-file FILE   NIXFLEET_CP_BOOTSTRAP_TOKEN_FILE: secret required by bootstrap
+  --bootstrap-cn CN[,CN...]     NIXFLEET_CP_BOOTSTRAP_CN: mTLS without a token file: client certificate CNs
+                                that may bootstrap (default none: bootstrap is closed in mTLS mode)
+  --max-connections N           NIXFLEET_CP_MAX_CONNECTIONS: open connections served at once (default 10000)
 `
 
 // run is the whole program: main only adds signals and exit codes. It returns
@@ -136,6 +140,8 @@ type serveConfig struct {
 	reportRetention    time.Duration
 	logLevel           string
 	bootstrapTokenFile string
+	bootstrapCNs       []string // mTLS without a token file: the CNs that may bootstrap
+	maxConnections     int
 }
 
 const defaultDBPath = "/var/lib/nixfleet-cp/state.db"
@@ -153,7 +159,7 @@ type envFlag struct {
 // is a *usageError naming the flag or variable.
 func parseServeFlags(args []string, getenv func(string) string) (serveConfig, error) {
 	var cfg serveConfig
-	var interval, retention string
+	var interval, retention, bootstrapCNs, maxConns string
 	flags := []envFlag{
 		{"listen", "NIXFLEET_CP_LISTEN", "0.0.0.0:8080", &cfg.listen},
 		{"db-path", "NIXFLEET_CP_DB_PATH", defaultDBPath, &cfg.dbPath},
@@ -164,6 +170,8 @@ func parseServeFlags(args []string, getenv func(string) string) (serveConfig, er
 		{"report-retention", "NIXFLEET_CP_REPORT_RETENTION", "168h", &retention},
 		{"log-level", "NIXFLEET_CP_LOG_LEVEL", "info", &cfg.logLevel},
 		{"bootstrap-token-file", "NIXFLEET_CP_BOOTSTRAP_TOKEN_FILE", "", &cfg.bootstrapTokenFile},
+		{"bootstrap-cn", "NIXFLEET_CP_BOOTSTRAP_CN", "", &bootstrapCNs},
+		{"max-connections", "NIXFLEET_CP_MAX_CONNECTIONS", strconv.Itoa(defaultMaxConnections), &maxConns},
 	}
 	source, err := parseEnvFlags("serve", args, getenv, flags)
 	if err != nil {
@@ -192,6 +200,18 @@ func parseServeFlags(args []string, getenv func(string) string) (serveConfig, er
 	}
 	if cfg.clientCA != "" && cfg.tlsCert == "" {
 		return cfg, usagef("--client-ca requires --tls-cert and --tls-key")
+	}
+	for _, cn := range strings.Split(bootstrapCNs, ",") {
+		if cn = strings.TrimSpace(cn); cn != "" {
+			cfg.bootstrapCNs = append(cfg.bootstrapCNs, cn)
+		}
+	}
+	if len(cfg.bootstrapCNs) > 0 && cfg.clientCA == "" {
+		return cfg, usagef("%s requires --client-ca: only a verified client certificate has a CN", source["bootstrap-cn"])
+	}
+	cfg.maxConnections, err = strconv.Atoi(maxConns)
+	if err != nil || cfg.maxConnections < 1 {
+		return cfg, usagef("invalid %s %q: want a positive integer", source["max-connections"], maxConns)
 	}
 	return cfg, nil
 }
@@ -286,6 +306,56 @@ const (
 	shutdownGrace     = 15 * time.Second
 )
 
+// defaultMaxConnections caps the connections served at once. An idle
+// keep-alive connection costs about 45 KiB with mTLS (Go's TLS and bufio
+// buffers), so the default bounds that cost near 450 MiB; see BENCHMARKS.md.
+const defaultMaxConnections = 10000
+
+// limitListener serves at most cap(sem) connections at once. At the cap,
+// Accept waits for one to close, so new clients wait in the kernel's listen
+// backlog rather than growing the process without bound.
+type limitListener struct {
+	net.Listener
+	sem    chan struct{}
+	closed chan struct{}
+	once   sync.Once
+}
+
+func newLimitListener(l net.Listener, n int) *limitListener {
+	return &limitListener{Listener: l, sem: make(chan struct{}, n), closed: make(chan struct{})}
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	select {
+	case l.sem <- struct{}{}:
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+	c, err := l.Listener.Accept()
+	if err != nil {
+		<-l.sem
+		return nil, err
+	}
+	return &limitConn{Conn: c, release: sync.OnceFunc(func() { <-l.sem })}, nil
+}
+
+func (l *limitListener) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return l.Listener.Close()
+}
+
+// limitConn gives its slot back when it is closed (once).
+type limitConn struct {
+	net.Conn
+	release func()
+}
+
+func (c *limitConn) Close() error {
+	err := c.Conn.Close()
+	c.release()
+	return err
+}
+
 // newHTTPServer returns the HTTP server with the production limits.
 func newHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
 	return &http.Server{
@@ -313,8 +383,9 @@ type controlPlane struct {
 // appConfig is what newApp needs besides the process's clock and logger.
 type appConfig struct {
 	dbPath          string
-	mode            string // plain, tls or mtls
-	bootstrapToken  string // empty: bootstrap needs no token
+	mode            string   // plain, tls or mtls
+	bootstrapToken  string   // empty: bootstrap needs no token
+	bootstrapCNs    []string // mTLS without a token: the CNs that may bootstrap
 	reportRetention time.Duration
 	now             func() time.Time
 	log             *slog.Logger
@@ -334,6 +405,8 @@ type app struct {
 
 	stopLoops context.CancelFunc
 	loops     sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // newApp opens the database (§12.5), rebuilds the derived state, initialises
@@ -356,7 +429,7 @@ func newApp(ctx context.Context, c appConfig) (*app, error) {
 	a := &app{st: st, m: m, cp: cp, log: c.log, stopLoops: func() {}}
 	a.exec = newExecutor(st, m, c.log, c.now)
 	st.wakeExecutor = a.exec.wake
-	a.srv = newServer(cp, m, c.log, c.mode, c.bootstrapToken)
+	a.srv = newServer(cp, m, c.log, c.mode, bootstrapGuard{token: c.bootstrapToken, cns: c.bootstrapCNs})
 	a.ret = &retention{st: st, log: c.log, period: c.reportRetention}
 	a.goLoop(func() { st.runReportWriter(c.log) })
 	return a, nil
@@ -380,12 +453,16 @@ func (a *app) startLoops(executorInterval time.Duration) {
 
 // close stops the loops (the executor finishes its current step), flushes
 // the group-commit queue (queued reports are committed and answered) and
-// closes the database with a final checkpoint.
+// closes the database with a final checkpoint. Calls after the first return
+// the first's result.
 func (a *app) close() error {
-	a.stopLoops()
-	a.st.stopReports()
-	a.loops.Wait()
-	return a.st.close()
+	a.closeOnce.Do(func() {
+		a.stopLoops()
+		a.st.stopReports()
+		a.loops.Wait()
+		a.closeErr = a.st.close()
+	})
+	return a.closeErr
 }
 
 // serve runs the server until ctx is cancelled, in the startup order of
@@ -427,14 +504,22 @@ func serve(ctx context.Context, cfg serveConfig, stderr io.Writer, hooks *serveH
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.listen, err)
 	}
-	a, err := newApp(ctx, appConfig{dbPath: cfg.dbPath, mode: mode, bootstrapToken: bootstrapToken,
-		reportRetention: cfg.reportRetention, now: now, log: log})
+	defer ln.Close()
+	// One process per database: every derived in-memory structure assumes
+	// that this process is the only writer.
+	unlock, err := lockDatabase(cfg.dbPath)
 	if err != nil {
-		ln.Close()
+		return err
+	}
+	defer unlock()
+	a, err := newApp(ctx, appConfig{dbPath: cfg.dbPath, mode: mode, bootstrapToken: bootstrapToken,
+		bootstrapCNs: cfg.bootstrapCNs, reportRetention: cfg.reportRetention, now: now, log: log})
+	if err != nil {
 		return err
 	}
 	log.Info("database ready", "path", cfg.dbPath, "schema_version", len(migrations))
 	addr := ln.Addr().String()
+	ln = newLimitListener(ln, cfg.maxConnections)
 	if tlsConfig != nil {
 		ln = tls.NewListener(ln, tlsConfig)
 	}
@@ -447,10 +532,7 @@ func serve(ctx context.Context, cfg serveConfig, stderr io.Writer, hooks *serveH
 	case "tls":
 		log.Warn("no client CA configured: agent endpoints are not authenticated")
 	}
-	if keys, err := readValue(ctx, a.st, dbq.countKeys); err == nil && keys == 0 {
-		log.Warn("no API keys exist: POST /api/v1/keys/bootstrap is open",
-			"hint", "set --bootstrap-token-file to require a one-time secret")
-	}
+	a.srv.logBootstrapGuard(ctx)
 	log.Info("Control plane listening", "addr", addr, "mode", mode)
 	if hooks != nil && hooks.listening != nil {
 		hooks.listening(addr)

@@ -23,6 +23,7 @@ type metrics struct {
 	reports         *counterVec
 	authFailures    *counterVec
 	auditEvents     *counterVec
+	auditSuppressed *counterVec
 	executorTicks   atomic.Uint64
 	executorErrors  atomic.Uint64
 	commitDuration  *histogram
@@ -50,6 +51,7 @@ func newMetrics() *metrics {
 		reports:         newCounterVec("result"),
 		authFailures:    newCounterVec("reason"),
 		auditEvents:     newCounterVec("action"),
+		auditSuppressed: newCounterVec("action"),
 		commitDuration:  newHistogram(commitBuckets),
 		groupCommitSize: newHistogram(groupCommitBuckets),
 	}
@@ -66,6 +68,8 @@ func newMetrics() *metrics {
 	for _, a := range auditActions {
 		m.auditEvents.add(0, a)
 	}
+	m.auditSuppressed.add(0, "report")
+	m.auditSuppressed.add(0, "tags.update")
 	return m
 }
 
@@ -261,6 +265,7 @@ func (m *metrics) writeTo(out io.Writer) error {
 	e := expoWriter{w: bufio.NewWriterSize(out, 32<<10)}
 
 	e.counterVec("nixfleet_audit_events_total", "Audit rows committed by this process, by action.", m.auditEvents)
+	e.counterVec("nixfleet_audit_suppressed_total", "Agent changes not audited one by one because of the per-machine flood bound, by action.", m.auditSuppressed)
 	e.counterVec("nixfleet_auth_failures_total", "Authentication and authorisation failures (401s, role 403s, CN 403s), by reason.", m.authFailures)
 
 	e.header("nixfleet_build_info", "gauge", "Build information; always 1.")

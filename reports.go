@@ -237,8 +237,9 @@ func applyReport(t *txn, id string, req *reportRequest) error {
 	if err := t.insertReport(id, req); err != nil {
 		return err
 	}
+	reportWindow, tagsWindow := m.ReportAudit, m.TagsAudit
 	if detail != "" {
-		if err := recordAudit(t, actor, "report", id, &detail); err != nil {
+		if err := auditBounded(t, &reportWindow, actor, "report", id, detail); err != nil {
 			return err
 		}
 	}
@@ -258,7 +259,7 @@ func applyReport(t *txn, id string, req *reportRequest) error {
 		if m, err = t.setTags(m, req.tags); err != nil {
 			return err
 		}
-		if err := recordAudit(t, actor, "tags.update", id, str(tagsChange(old, req.tags))); err != nil {
+		if err := auditBounded(t, &tagsWindow, actor, "tags.update", id, tagsChange(old, req.tags)); err != nil {
 			return err
 		}
 	}
@@ -272,6 +273,7 @@ func applyReport(t *txn, id string, req *reportRequest) error {
 	rec.AgentTS = req.agentTS
 	rec.AgentVersion = *req.AgentVersion
 	rec.Uptime = *req.UptimeSeconds
+	rec.ReportAudit, rec.TagsAudit = reportWindow, tagsWindow
 	t.stage(rec)
 	t.afterCommit(func() {
 		if t.s.wakeExecutor != nil && t.s.fleet.watched(id) {
@@ -279,6 +281,53 @@ func applyReport(t *txn, id string, req *reportRequest) error {
 		}
 	})
 	return nil
+}
+
+// Flood bound of the audit rows that an agent's reports write (§6.5): per
+// machine and action, at most auditBurst rows in any auditWindowMs of
+// received time. Changes beyond that are applied and stored as usual; the
+// next row written carries how many were not audited one by one.
+const (
+	auditBurst    = 10
+	auditWindowMs = 60_000
+)
+
+// auditWindow is the recent audit history of one machine and action.
+type auditWindow struct {
+	last       [auditBurst]int64 // receive times of the latest rows (Unix ms), oldest first; 0: none
+	suppressed int64             // changes not audited since the latest row
+}
+
+// admit reports whether a row may be written at now, and records it or its
+// suppression in w.
+func (w *auditWindow) admit(now int64) bool {
+	if w.last[0] > now-auditWindowMs {
+		w.suppressed++
+		return false
+	}
+	w.note(now)
+	return true
+}
+
+// note records a row written at now.
+func (w *auditWindow) note(now int64) {
+	copy(w.last[:], w.last[1:])
+	w.last[auditBurst-1] = now
+}
+
+// auditBounded writes an agent's audit row through the machine's window w,
+// or counts it as suppressed.
+func auditBounded(t *txn, w *auditWindow, actor, action, target, detail string) error {
+	pending := w.suppressed
+	if !w.admit(t.now) {
+		t.afterCommit(func() { t.s.metrics.auditSuppressed.inc(action) })
+		return nil
+	}
+	w.suppressed = 0
+	if pending > 0 {
+		detail += fmt.Sprintf(" (+%d changes not audited individually)", pending)
+	}
+	return recordAudit(t, actor, action, target, &detail)
 }
 
 func boolInt(b bool) int8 {

@@ -1,7 +1,7 @@
 package main
 
 import (
-	"encoding/json"
+	"bytes"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -282,11 +282,11 @@ func jsonObject(kv ...any) string {
 		if i > 0 {
 			b.WriteByte(',')
 		}
-		k, _ := json.Marshal(kv[i])
-		v, _ := json.Marshal(kv[i+1])
-		b.Write(k)
+		k, _ := marshalJSON(kv[i])
+		v, _ := marshalJSON(kv[i+1])
+		b.Write(bytes.TrimSuffix(k, []byte("\n")))
 		b.WriteByte(':')
-		b.Write(v)
+		b.Write(bytes.TrimSuffix(v, []byte("\n")))
 	}
 	b.WriteByte('}')
 	return b.String()

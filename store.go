@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
 	"modernc.org/sqlite"
@@ -53,6 +54,29 @@ type store struct {
 	// wakeExecutor is called after a commit that gives the rollout executor
 	// work: a report from a watched machine, a rollout created or resumed.
 	wakeExecutor func()
+}
+
+// lockDatabase takes an exclusive lock on a file beside the database (path
+// + ".lock"), held until unlock is called or the process ends. A second
+// control plane on the same database fails here, before it opens anything;
+// `keys create` and sqlite3 do not take the lock (SQLite's own locking covers
+// them).
+func lockDatabase(path string) (unlock func(), err error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("create database directory for %s: %w", path, err)
+	}
+	f, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock database %s: %w", path, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("database %s is in use by another control plane process", path)
+		}
+		return nil, fmt.Errorf("lock database %s: %w", path, err)
+	}
+	return func() { f.Close() }, nil
 }
 
 // sqliteHeader is the first 16 bytes of every SQLite 3 database file.

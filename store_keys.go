@@ -96,11 +96,12 @@ func (d dbq) keyByID(id int64) (*apiKey, error) {
 	return k, err
 }
 
-// otherActiveAdmins counts the admin keys other than id that are active at now.
-func (d dbq) otherActiveAdmins(id, now int64) (int, error) {
+// otherLastingAdmins counts the unrevoked admin keys other than id that
+// never expire.
+func (d dbq) otherLastingAdmins(id int64) (int, error) {
 	var n int
 	if err := d.queryRow(`SELECT count(*) FROM api_key WHERE role = 'admin' AND id <> ?
-		AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)`, id, now).Scan(&n); err != nil {
+		AND revoked_at IS NULL AND expires_at IS NULL`, id).Scan(&n); err != nil {
 		return 0, fmt.Errorf("count admin keys: %w", err)
 	}
 	return n, nil

@@ -149,6 +149,26 @@ func (s *store) loadFleet(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// The audit flood bound looks back one window: rebuild it from the rows
+	// the agents wrote in the last minute (§6.5).
+	_, err = queryAll(d, "load recent agent audit rows", func(row scanner) (struct{}, error) {
+		var id, action string
+		var at int64
+		err := row.Scan(&id, &action, &at)
+		if m := ms[id]; err == nil && m != nil {
+			w := &m.ReportAudit
+			if action == "tags.update" {
+				w = &m.TagsAudit
+			}
+			w.note(at)
+		}
+		return struct{}{}, err
+	}, `SELECT target, action, timestamp FROM audit_event
+		WHERE timestamp > ? AND action IN ('report', 'tags.update') AND actor = 'machine:' || target
+		ORDER BY id`, s.now().UnixMilli()-auditWindowMs)
+	if err != nil {
+		return err
+	}
 	s.fleet.reset(ms)
 	hint, watching, err := d.membership("")
 	if err != nil {

@@ -1,7 +1,10 @@
 package main
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"net/url"
 	"slices"
 	"strings"
@@ -194,4 +197,17 @@ func parseTime(s string) (int64, error) {
 		return 0, errors.New("not an RFC 3339 timestamp")
 	}
 	return t.UnixMilli(), nil
+}
+
+// marshalJSON encodes v compactly with a trailing newline. HTML characters
+// stay as they are: these are API responses, and the v0.1 CLI prints
+// messages such as "invalid transition: active -> pending" verbatim.
+func marshalJSON(v any) ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, fmt.Errorf("encode response: %w", err)
+	}
+	return b.Bytes(), nil
 }
