@@ -1,59 +1,30 @@
 package main
 
-// Authentication and authorisation tests (SPEC §3, §4.4, §2.6 steps 2–4):
-// bootstrap and its hardening, the Authorization header rules, the roles
-// matrix of every route, the mTLS CN rule, and that no secret is ever logged.
+// Authentication tests (auth.go, SPEC §3, §4.4, §1.6): bootstrap and its
+// hardening (ACC-16, ACC-16b, ACC-17), the Authorization header rules
+// (ACC-18), keys written behind the server's back (ACC-19), the
+// auth-failure counters and that no secret is ever logged. The roles matrix
+// and the mTLS CN rule are in auth_matrix_test.go, TLS in auth_tls_test.go.
 
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
-
-// authSend sends a request with exactly the given extra headers (the
-// Authorization header is not added for the caller). body is sent as JSON
-// when non-empty.
-func authSend(t testing.TB, c *http.Client, method, url string, hdr map[string]string, body string) response {
-	t.Helper()
-	var rd io.Reader
-	if body != "" {
-		rd = strings.NewReader(body)
-	}
-	req, err := http.NewRequest(method, url, rd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	for k, v := range hdr {
-		req.Header.Set(k, v)
-	}
-	return send(t, c, req)
-}
-
-// authExpect401 checks a 401 with its message and the WWW-Authenticate header
-// that every 401 carries (§2.5).
-func authExpect401(t testing.TB, r response, wantErr string) {
-	t.Helper()
-	expect(t, r, http.StatusUnauthorized, wantErr)
-	if got := r.header.Get("WWW-Authenticate"); got != `Bearer realm="nixfleet"` {
-		t.Fatalf("WWW-Authenticate %q, want Bearer realm=\"nixfleet\"", got)
-	}
-}
-
-var authKeyTokenRE = regexp.MustCompile(`^nfk-[0-9a-f]{64}$`)
 
 // TestBootstrapACC16 covers ACC-16 and §4.4: the first bootstrap gets 200
 // with an admin key, the second 409; an empty, null or "" name becomes
@@ -143,13 +114,143 @@ func TestBootstrapACC16(t *testing.T) {
 		expect(t, r, 201, "")
 		var second keyCreated
 		r.json(t, &second)
-		expect(t, do(t, c, "DELETE", fmt.Sprintf("%s/api/v1/keys/%d", ts.url, first.ID), second.Key, nil), 204, "")
+		// The API never revokes the last non-expiring admin key (§4.29), so
+		// revoke it behind the server's back, as sqlite3 could.
+		expect(t, do(t, c, "DELETE", fmt.Sprintf("%s/api/v1/keys/%d", ts.url, first.ID), second.Key, nil), 409,
+			"cannot revoke the last non-expiring admin key")
+		if err := ts.st.write(context.Background(), func(tx *txn) error {
+			_, err := tx.exec("UPDATE api_key SET revoked_at = ? WHERE id = ?", tx.now, first.ID)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
 		ts.clock.advance(2 * time.Hour)
 		authExpect401(t, do(t, c, "GET", ts.url+"/api/v1/machines", second.Key, nil), "API key expired")
 		authExpect401(t, do(t, c, "GET", ts.url+"/api/v1/machines", first.Key, nil), "API key revoked")
 		expect(t, do(t, c, "POST", ts.url+"/api/v1/keys/bootstrap", "", nil), 409,
 			"API keys already exist. Use an admin key to create more.")
 	})
+}
+
+// TestBootstrapKeys covers ACC-16: the first bootstrap, its 409 afterwards,
+// and the name defaults (empty body, null, "") on fresh databases.
+func TestBootstrapKeys(t *testing.T) {
+	keyRE := regexp.MustCompile(`^nfk-[0-9a-f]{64}$`)
+	for _, tc := range []struct {
+		name        string
+		body        string
+		contentType string
+		wantName    string
+	}{
+		{"named", `{"name":"first-admin"}`, "application/json", "first-admin"},
+		{"empty body", "", "application/json", "admin"},
+		{"empty body with text/plain", "", "text/plain", "admin"},
+		{"empty object", `{}`, "application/json", "admin"},
+		{"null name", `{"name":null}`, "application/json", "admin"},
+		{"empty name", `{"name":""}`, "", "admin"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ts := newTestServer(t, testServerOptions{})
+			c := ts.client("")
+			r := apiSend(t, c, "POST", ts.url+"/api/v1/keys/bootstrap", "", tc.contentType, []byte(tc.body), false)
+			expect(t, r, 200, "")
+			var k keyCreated
+			r.json(t, &k)
+			if !keyRE.MatchString(k.Key) || k.Name != tc.wantName || k.Role != "admin" || k.ExpiresAt != nil {
+				t.Fatalf("bootstrap gave %+v", k)
+			}
+			if !outputTimeRE.MatchString(k.CreatedAt) {
+				t.Errorf("created_at %q", k.CreatedAt)
+			}
+			// The key works, and bootstrap is closed from now on.
+			expect(t, do(t, c, "GET", ts.url+"/api/v1/keys", k.Key, nil), 200, "")
+			before := dbFingerprint(t, ts)
+			expect(t, do(t, c, "POST", ts.url+"/api/v1/keys/bootstrap", "", `{"name":"second"}`), 409,
+				"API keys already exist. Use an admin key to create more.")
+			expect(t, do(t, c, "POST", ts.url+"/api/v1/keys/bootstrap", "", nil), 409, "")
+			if after := dbFingerprint(t, ts); after != before {
+				t.Fatalf("a refused bootstrap changed the database:\n%s\n%s", before, after)
+			}
+			evs := auditRows(t, c, ts.url, k.Key, "?action=bootstrap")
+			if len(evs) != 1 || evs[0].Actor != "system:bootstrap" || evs[0].Target != tc.wantName ||
+				evs[0].Detail == nil || *evs[0].Detail != "first admin key created" {
+				t.Fatalf("bootstrap audit rows %+v", evs)
+			}
+		})
+	}
+
+	t.Run("invalid bodies create nothing", func(t *testing.T) {
+		ts := newTestServer(t, testServerOptions{})
+		c := ts.client("")
+		for _, body := range []string{`null`, `[]`, `{"name":"` + strings.Repeat("n", 65) + `"}`, `{"name":"a\u0001b"}`, `{"name":5}`, `{} {}`} {
+			expect(t, do(t, c, "POST", ts.url+"/api/v1/keys/bootstrap", "", body), 400, "")
+		}
+		expect(t, apiSend(t, c, "POST", ts.url+"/api/v1/keys/bootstrap", "", "text/plain", []byte(`{"name":"x"}`), false), 415,
+			"Content-Type must be application/json")
+		var n int
+		mustScan(t, ts.st.ro.QueryRow("SELECT count(*) FROM api_key"), &n)
+		if n != 0 {
+			t.Fatalf("%d keys after rejected bootstraps", n)
+		}
+		// Bootstrap is still open.
+		bootstrapKey(t, c, ts.url)
+	})
+}
+
+// TestBootstrapConcurrent covers ACC-17: 20 concurrent bootstraps on an empty
+// database give exactly one 200 and nineteen 409s, and one key exists.
+func TestBootstrapConcurrent(t *testing.T) {
+	ts := newTestServer(t, testServerOptions{})
+	c := ts.client("")
+	const n = 20
+	var wg sync.WaitGroup
+	results := make([]response, n)
+	start := make(chan struct{})
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			req, _ := http.NewRequest("POST", ts.url+"/api/v1/keys/bootstrap", strings.NewReader(fmt.Sprintf(`{"name":"admin-%d"}`, i)))
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Errorf("bootstrap %d: %v", i, err)
+				return
+			}
+			defer resp.Body.Close()
+			var k keyCreated
+			json.NewDecoder(resp.Body).Decode(&k)
+			results[i] = response{status: resp.StatusCode, body: []byte(k.Key)}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	var key string
+	ok, conflicts := 0, 0
+	for _, r := range results {
+		switch r.status {
+		case 200:
+			ok++
+			key = string(r.body)
+		case 409:
+			conflicts++
+		default:
+			t.Errorf("unexpected status %d", r.status)
+		}
+	}
+	if ok != 1 || conflicts != n-1 {
+		t.Fatalf("%d × 200 and %d × 409, want 1 and %d", ok, conflicts, n-1)
+	}
+	var keys []keyInfo
+	r := do(t, c, "GET", ts.url+"/api/v1/keys", key, nil)
+	expect(t, r, 200, "")
+	r.json(t, &keys)
+	if len(keys) != 1 || keys[0].Role != "admin" {
+		t.Fatalf("keys after concurrent bootstrap: %+v", keys)
+	}
+	if evs := auditRows(t, c, ts.url, key, "?action=bootstrap"); len(evs) != 1 {
+		t.Fatalf("%d bootstrap audit rows, want 1", len(evs))
+	}
 }
 
 // TestBootstrapTokenFileACC16b covers the token half of ACC-16b through run:
@@ -252,10 +353,19 @@ func TestBootstrapTokenFileACC16b(t *testing.T) {
 	expect(t, r, 409, "API keys already exist. Use an admin key to create more.")
 }
 
-// TestBootstrapMTLSACC16b covers the mTLS half of ACC-16b: once web-01 has
-// reported, its certificate cannot bootstrap; CN operator can.
+// TestBootstrapMTLSACC16b covers the mTLS half of ACC-16b: with
+// --bootstrap-cn operator,web-01 and no token file, once web-01 has reported
+// its certificate cannot bootstrap, and CN operator can; with neither flag,
+// bootstrap is closed even for CN operator.
 func TestBootstrapMTLSACC16b(t *testing.T) {
-	ts := newTestServer(t, testServerOptions{mode: "mtls"})
+	closed := newTestServer(t, testServerOptions{mode: "mtls"})
+	expect(t, do(t, closed.client("operator"), "POST", closed.url+"/api/v1/keys/bootstrap", "", `{"name":"first-admin"}`), 403,
+		"bootstrap is closed: set --bootstrap-token-file or --bootstrap-cn, or create a key offline with keys create")
+	if n := countRows(t, closed, "SELECT count(*) FROM api_key"); n != 0 {
+		t.Fatalf("%d keys after a refused bootstrap", n)
+	}
+
+	ts := newTestServer(t, testServerOptions{mode: "mtls", bootstrapCNs: []string{"operator", "web-01"}})
 	web01 := ts.client("web-01")
 	expect(t, do(t, web01, "POST", ts.url+"/api/v1/machines/web-01/report", "",
 		reportBody("web-01", storePath('a', "sys"), true, "up-to-date")), 200, "")
@@ -340,370 +450,123 @@ func TestAuthorizationHeaderACC18(t *testing.T) {
 	}
 }
 
-// TestRoleChecksACC20to23 covers ACC-20 to ACC-23 and the order of §2.6:
-// authentication and role come before IDs, bodies and existence.
-func TestRoleChecksACC20to23(t *testing.T) {
-	ts := newTestServer(t, testServerOptions{})
+// TestKeyInsertedBySQLite covers ACC-19 (and the revocation half of §3.1): a
+// row written into the live database by another process authorises its token
+// on the very next request, and revoking it there takes effect at once.
+func TestKeyInsertedBySQLite(t *testing.T) {
+	dbPath := filepath.Join(t.TempDir(), "state.db")
+	ts := newTestServer(t, testServerOptions{dbPath: dbPath})
 	c := ts.client("")
-	admin := bootstrapKey(t, c, ts.url)
-	deploy := createTestKey(t, c, ts.url, admin, "deployer", "deploy")
-	readonly := createTestKey(t, c, ts.url, admin, "viewer", "readonly")
-	expect(t, do(t, c, "POST", ts.url+"/api/v1/machines/web-01/report", "", reportBody("web-01", storePath('a', "sys"), true, "ok")), 200, "")
-	r := do(t, c, "POST", ts.url+"/api/v1/releases", deploy, map[string]any{"entries": []map[string]any{
-		{"hostname": "web-01", "store_path": storePath('b', "sys"), "platform": "x86_64-linux"}}})
-	expect(t, r, 201, "")
-	var rel struct{ ID string }
-	r.json(t, &rel)
-	validRollout := map[string]any{"release_id": rel.ID, "strategy": "all_at_once", "target": map[string]any{"hosts": []string{"web-01"}}}
+	sum := sha256.Sum256([]byte("test-admin-key"))
+	hash := hex.EncodeToString(sum[:])
+
+	// Negative answers are not cached either.
+	expect(t, do(t, c, "GET", ts.url+"/api/v1/machines", "test-admin-key", nil), 401, "invalid API key")
+
+	exec1 := func(stmt string) {
+		t.Helper()
+		if path, err := exec.LookPath("sqlite3"); err == nil {
+			out, err := exec.Command(path, "-cmd", ".timeout 5000", dbPath, stmt).CombinedOutput()
+			if err != nil {
+				t.Fatalf("sqlite3 %q: %v\n%s", stmt, err, out)
+			}
+			return
+		}
+		db := openDB(t, dbPath)
+		if _, err := db.Exec(stmt); err != nil {
+			t.Fatalf("%s: %v", stmt, err)
+		}
+	}
+	exec1(fmt.Sprintf("INSERT INTO api_key (key_hash, name, role, created_at) VALUES ('%s', 'sqlite-admin', 'admin', %d)",
+		hash, time.Now().UnixMilli()))
+
+	expect(t, do(t, c, "GET", ts.url+"/api/v1/machines", "test-admin-key", nil), 200, "")
+	r := do(t, c, "GET", ts.url+"/api/v1/keys", "test-admin-key", nil) // an admin-only route
+	expect(t, r, 200, "")
+	var keys []keyInfo
+	r.json(t, &keys)
+	if len(keys) != 1 || keys[0].Name != "sqlite-admin" || keys[0].Role != "admin" {
+		t.Fatalf("keys %+v", keys)
+	}
+	// The actor of a key inserted by hand is its name.
+	expect(t, do(t, c, "POST", ts.url+"/api/v1/machines/web-01/register", "test-admin-key", nil), 201, "")
+	if evs := auditRows(t, c, ts.url, "test-admin-key", "?action=register"); len(evs) != 1 || evs[0].Actor != "apikey:sqlite-admin" {
+		t.Fatalf("register audit %+v", evs)
+	}
+
+	exec1(fmt.Sprintf("UPDATE api_key SET revoked_at = %d WHERE key_hash = '%s'", time.Now().UnixMilli(), hash))
+	expect(t, do(t, c, "GET", ts.url+"/api/v1/machines", "test-admin-key", nil), 401, "API key revoked")
+}
+
+// TestAuthFailureMetrics covers §11 nixfleet_auth_failures_total and the
+// `authentication failed` log line of §1.6: every reason is present from
+// startup, and each kind of refusal raises exactly its own reason.
+func TestAuthFailureMetrics(t *testing.T) {
+	ts := newTestServer(t, testServerOptions{mode: "mtls", bootstrapCNs: []string{"operator"}})
+	op := ts.client("operator")
+	reasons := []string{"missing", "invalid", "revoked", "expired", "forbidden", "cn_mismatch"}
+	snapshot := func() map[string]float64 {
+		t.Helper()
+		m := map[string]float64{}
+		for _, reason := range reasons {
+			m[reason] = metricValue(t, op, ts.url, `nixfleet_auth_failures_total{reason="`+reason+`"}`)
+		}
+		return m
+	}
+	for reason, v := range snapshot() {
+		if v != 0 {
+			t.Fatalf("reason %s = %v at startup, want a 0 series", reason, v)
+		}
+	}
+	admin := bootstrapKey(t, op, ts.url)
+	readonly := createTestKey(t, op, ts.url, admin, "ro", "readonly")
+	revoked := keysCreateAPI(t, op, ts.url, admin, `{"name":"gone"}`)
+	expect(t, do(t, op, "DELETE", fmt.Sprintf("%s/api/v1/keys/%d", ts.url, revoked.ID), admin, nil), 204, "")
+	expiring := keysCreateAPI(t, op, ts.url, admin, map[string]any{"name": "old", "expires_at": ts.clock.now().Add(time.Second).Format(time.RFC3339)})
+	ts.clock.advance(time.Minute)
 
 	for _, tc := range []struct {
-		acc, name    string
-		key          string
-		method, path string
-		body         any
-		ctype        string // overrides the JSON Content-Type when set
-		wantStatus   int
-		wantErr      string
+		name   string
+		client *http.Client
+		method string
+		path   string
+		hdr    map[string]string
+		reason string // "" when nothing may be counted
 	}{
-		{"ACC-20", "readonly with malformed body", readonly, "POST", "/api/v1/rollouts", `{"release_id":`, "", 403, "deploy or admin role required"},
-		{"ACC-20", "readonly with valid body", readonly, "POST", "/api/v1/rollouts", validRollout, "", 403, "deploy or admin role required"},
-		{"ACC-20", "readonly with wrong content type", readonly, "POST", "/api/v1/rollouts", `x`, "text/plain", 403, "deploy or admin role required"},
-		{"ACC-20", "anonymous with malformed body", "", "POST", "/api/v1/rollouts", `{`, "", 401, "missing API key"},
-		{"ACC-20", "deploy with valid body", deploy, "POST", "/api/v1/rollouts", validRollout, "", 201, ""},
-		{"ACC-21", "anonymous get unknown rollout", "", "GET", "/api/v1/rollouts/r-ghost", nil, "", 401, "missing API key"},
-		{"ACC-21", "anonymous delete unknown release", "", "DELETE", "/api/v1/releases/rel-ghost", nil, "", 401, "missing API key"},
-		{"ACC-21", "anonymous invalid rollout id", "", "GET", "/api/v1/rollouts/bad%20id", nil, "", 401, "missing API key"},
-		{"ACC-21", "anonymous invalid key id", "", "DELETE", "/api/v1/keys/abc", nil, "", 401, "missing API key"},
-		{"ACC-21", "readonly get unknown rollout", readonly, "GET", "/api/v1/rollouts/r-ghost", nil, "", 404, "rollout r-ghost not found"},
-		{"ACC-21", "deploy delete release", deploy, "DELETE", "/api/v1/releases/rel-ghost", nil, "", 403, "admin role required"},
-		{"ACC-21", "admin delete unknown release", admin, "DELETE", "/api/v1/releases/rel-ghost", nil, "", 404, "release rel-ghost not found"},
-		// §2.6 step 2: a known admin path with the wrong method authenticates first.
-		{"§2.6", "anonymous GET on bootstrap path", "", "GET", "/api/v1/keys/bootstrap", nil, "", 401, "missing API key"},
-		{"§2.6", "anonymous PUT desired-generation", "", "PUT", "/api/v1/machines/web-01/desired-generation", nil, "", 401, "missing API key"},
-		{"§2.6", "admin PUT desired-generation", admin, "PUT", "/api/v1/machines/web-01/desired-generation", nil, "", 405, "method not allowed"},
-		{"§2.6", "anonymous unknown path", "", "GET", "/api/v1/nope", nil, "", 404, "not found"},
-		// §2.6: the role check (step 4) comes before path ids (step 5).
-		{"§2.6", "readonly revoke with a bad key id", readonly, "DELETE", "/api/v1/keys/abc", nil, "", 403, "admin role required"},
-		{"§2.6", "deploy lifecycle with a bad machine id", deploy, "PATCH", "/api/v1/machines/bad%20id/lifecycle", `{`, "", 403, "admin role required"},
-		{"§2.6", "admin revoke with a bad key id", admin, "DELETE", "/api/v1/keys/abc", nil, "", 400, "invalid key id"},
-		{"ACC-22", "deploy delete existing release", deploy, "DELETE", "/api/v1/releases/" + rel.ID, nil, "", 403, "admin role required"},
-		{"ACC-22", "deploy register", deploy, "POST", "/api/v1/machines/x/register", `{}`, "", 403, "admin role required"},
-		{"ACC-22", "deploy list keys", deploy, "GET", "/api/v1/keys", nil, "", 403, "admin role required"},
-		{"ACC-23", "readonly machines", readonly, "GET", "/api/v1/machines", nil, "", 200, ""},
-		{"ACC-23", "readonly releases", readonly, "GET", "/api/v1/releases", nil, "", 200, ""},
-		{"ACC-23", "readonly rollouts", readonly, "GET", "/api/v1/rollouts", nil, "", 200, ""},
-		{"ACC-23", "readonly audit", readonly, "GET", "/api/v1/audit", nil, "", 200, ""},
-		{"ACC-23", "readonly audit export", readonly, "GET", "/api/v1/audit/export", nil, "", 200, ""},
+		{"no key", op, "GET", "/api/v1/machines", nil, "missing"},
+		{"no key on a 405 admin path", op, "PUT", "/api/v1/machines/web-01/desired-generation", nil, "missing"},
+		{"unknown key", op, "GET", "/api/v1/machines", map[string]string{"Authorization": "Bearer nfk-unknown"}, "invalid"},
+		{"malformed header", op, "GET", "/api/v1/machines", map[string]string{"Authorization": "Basic Zm9vOmJhcg=="}, "invalid"},
+		{"revoked key", op, "GET", "/api/v1/machines", map[string]string{"Authorization": "Bearer " + revoked.Key}, "revoked"},
+		{"expired key", op, "GET", "/api/v1/machines", map[string]string{"Authorization": "Bearer " + expiring.Key}, "expired"},
+		{"role 403", op, "GET", "/api/v1/keys", map[string]string{"Authorization": "Bearer " + readonly}, "forbidden"},
+		{"CN mismatch", ts.client("web-01"), "GET", "/api/v1/machines/web-02/desired-generation", nil, "cn_mismatch"},
+		{"success", op, "GET", "/api/v1/machines", map[string]string{"Authorization": "Bearer " + admin}, ""},
+		{"own agent route", ts.client("web-01"), "GET", "/api/v1/machines/web-01/desired-generation", nil, ""},
+		{"unknown path", op, "GET", "/api/v1/nope", nil, ""},
+		{"404 after authentication", op, "GET", "/api/v1/rollouts/r-ghost", map[string]string{"Authorization": "Bearer " + readonly}, ""},
 	} {
-		t.Run(tc.acc+" "+tc.name, func(t *testing.T) {
-			var r response
-			if tc.ctype != "" {
-				hdr := map[string]string{"Content-Type": tc.ctype}
-				if tc.key != "" {
-					hdr["Authorization"] = "Bearer " + tc.key
+		t.Run(tc.name, func(t *testing.T) {
+			before := snapshot()
+			logLines := strings.Count(ts.logs.String(), `msg="authentication failed" reason=`+tc.reason+" ")
+			r := authSend(t, tc.client, tc.method, ts.url+tc.path, tc.hdr, "")
+			if tc.reason == "" && (r.status == 401 || r.status == 403) {
+				t.Fatalf("status %d: %s", r.status, r.body)
+			}
+			after := snapshot()
+			for _, reason := range reasons {
+				want := before[reason]
+				if reason == tc.reason {
+					want++
 				}
-				r = authSend(t, c, tc.method, ts.url+tc.path, hdr, tc.body.(string))
-			} else {
-				r = do(t, c, tc.method, ts.url+tc.path, tc.key, tc.body)
+				if after[reason] != want {
+					t.Errorf("reason %s: %v -> %v, want %v", reason, before[reason], after[reason], want)
+				}
 			}
-			expect(t, r, tc.wantStatus, tc.wantErr)
-			if tc.wantStatus == 401 && r.header.Get("WWW-Authenticate") != `Bearer realm="nixfleet"` {
-				t.Errorf("WWW-Authenticate %q", r.header.Get("WWW-Authenticate"))
-			}
-			if tc.wantStatus == 405 && r.header.Get("Allow") == "" {
-				t.Error("405 without Allow")
-			}
-		})
-	}
-}
-
-// authRolesMatrix is SPEC §3.4, copied with the backticks removed and the
-// columns aligned. TestRolesMatrix checks it against SPEC.md when the spec is
-// at hand, and against the server's route table always.
-const authRolesMatrix = `
-| #  | Route                                           | public                       | agent (mTLS CN) | readonly | deploy | admin |
-|--- |---                                              |---                           |---              |---       |---     |---    |
-| 1  | GET /health                                     | ✓                            |                 |          |        |       |
-| 2  | GET /metrics                                    | ✓                            |                 |          |        |       |
-| 3  | POST /api/v1/keys/bootstrap                     | ✓ (only while no key exists) |                 |          |        |       |
-| 4  | GET /api/v1/machines/{id}/desired-generation    |                              | ✓               |          |        |       |
-| 5  | POST /api/v1/machines/{id}/report               |                              | ✓               |          |        |       |
-| 6  | GET /api/v1/machines                            |                              |                 | ✓        | ✓      | ✓     |
-| 7  | POST /api/v1/machines/{id}/register             |                              |                 | ✗        | ✗      | ✓     |
-| 8  | PATCH /api/v1/machines/{id}/lifecycle           |                              |                 | ✗        | ✗      | ✓     |
-| 9  | PUT /api/v1/machines/{id}/tags                  |                              |                 | ✗        | ✗      | ✓     |
-| 10 | DELETE /api/v1/machines/{id}/desired-generation |                              |                 | ✗        | ✗      | ✓     |
-| 11 | POST /api/v1/machines/{id}/notify-deploy        |                              |                 | ✗        | ✓      | ✓     |
-| 12 | POST /api/v1/releases                           |                              |                 | ✗        | ✓      | ✓     |
-| 13 | GET /api/v1/releases                            |                              |                 | ✓        | ✓      | ✓     |
-| 14 | GET /api/v1/releases/{id}                       |                              |                 | ✓        | ✓      | ✓     |
-| 15 | DELETE /api/v1/releases/{id}                    |                              |                 | ✗        | ✗      | ✓     |
-| 16 | GET /api/v1/releases/{id}/diff/{other_id}       |                              |                 | ✓        | ✓      | ✓     |
-| 17 | POST /api/v1/rollouts                           |                              |                 | ✗        | ✓      | ✓     |
-| 18 | GET /api/v1/rollouts                            |                              |                 | ✓        | ✓      | ✓     |
-| 19 | GET /api/v1/rollouts/{id}                       |                              |                 | ✓        | ✓      | ✓     |
-| 20 | DELETE /api/v1/rollouts/{id}                    |                              |                 | ✗        | ✗      | ✓     |
-| 21 | POST /api/v1/rollouts/{id}/pause                |                              |                 | ✗        | ✓      | ✓     |
-| 22 | POST /api/v1/rollouts/{id}/resume               |                              |                 | ✗        | ✓      | ✓     |
-| 23 | POST /api/v1/rollouts/{id}/cancel               |                              |                 | ✗        | ✓      | ✓     |
-| 24 | GET /api/v1/audit                               |                              |                 | ✓        | ✓      | ✓     |
-| 25 | GET /api/v1/audit/export                        |                              |                 | ✓        | ✓      | ✓     |
-| 26 | POST /api/v1/keys                               |                              |                 | ✗        | ✗      | ✓     |
-| 27 | GET /api/v1/keys                                |                              |                 | ✗        | ✗      | ✓     |
-| 28 | DELETE /api/v1/keys/{id}                        |                              |                 | ✗        | ✗      | ✓     |
-`
-
-// authParseTable returns the cells of the body rows of the first
-// markdown table in text (header and separator rows skipped), trimmed, with
-// backticks removed.
-func authParseTable(text string) [][]string {
-	var rows [][]string
-	started := false
-	for _, line := range strings.Split(text, "\n") {
-		line = strings.TrimSpace(line)
-		if !strings.HasPrefix(line, "|") {
-			if started {
-				break
-			}
-			continue
-		}
-		started = true
-		cells := strings.Split(strings.Trim(line, "|"), "|")
-		for i := range cells {
-			cells[i] = strings.TrimSpace(strings.ReplaceAll(cells[i], "`", ""))
-		}
-		if cells[0] == "#" || strings.HasPrefix(cells[0], "---") {
-			continue
-		}
-		rows = append(rows, cells)
-	}
-	return rows
-}
-
-// authMatrixCaller is one column of callers in TestRolesMatrix.
-type authMatrixCaller struct {
-	name string
-	key  string
-	role string // readonly, deploy or admin for a valid key; "" otherwise
-	deny string // for anonymous, revoked and expired: the 401 message
-}
-
-// TestRolesMatrix covers §3.4, §3.6 and ACC-20–23 on every route: each of
-// the 28 routes is called by anonymous, readonly, deploy, admin, a revoked
-// admin key and an expired admin key, and the answer must be exactly 401,
-// exactly 403 (with the role message), or allowed (neither 401 nor 403: the
-// handler ran). Public and agent routes never look at Authorization.
-func TestRolesMatrix(t *testing.T) {
-	rows := authParseTable(authRolesMatrix)
-	if spec, err := os.ReadFile(filepath.Join("..", "shared", "SPEC.md")); err == nil {
-		_, section, ok := strings.Cut(string(spec), "### 3.4 Roles matrix")
-		if !ok {
-			t.Fatal("SPEC.md has no §3.4 Roles matrix")
-		}
-		want := authParseTable(section)
-		if fmt.Sprint(want) != fmt.Sprint(rows) {
-			t.Fatalf("authRolesMatrix differs from SPEC.md §3.4:\nspec: %q\ntest: %q", want, rows)
-		}
-	} else {
-		t.Logf("SPEC.md not available (%v): using the copy in the test", err)
-	}
-
-	ts := newTestServer(t, testServerOptions{})
-	c := ts.client("")
-
-	// The server's route table has exactly the routes of the matrix.
-	var serverRoutes, matrixRoutes []string
-	serverRoutes = append(serverRoutes, ts.srv.patterns...)
-	for _, row := range rows {
-		matrixRoutes = append(matrixRoutes, row[1])
-	}
-	if len(rows) != 28 || fmt.Sprint(serverRoutes) != fmt.Sprint(matrixRoutes) {
-		t.Fatalf("routes differ:\nserver: %q\nmatrix: %q", serverRoutes, matrixRoutes)
-	}
-
-	// Fixtures: keys of every kind, machines, releases and a rollout, so that
-	// every allowed call reaches a handler that can do its work.
-	admin := bootstrapKey(t, c, ts.url)
-	readonly := createTestKey(t, c, ts.url, admin, "matrix-readonly", "readonly")
-	deploy := createTestKey(t, c, ts.url, admin, "matrix-deploy", "deploy")
-	createTestKey(t, c, ts.url, admin, "matrix-spare", "readonly")
-	revoked := createTestKey(t, c, ts.url, admin, "matrix-revoked", "admin")
-	r := do(t, c, "POST", ts.url+"/api/v1/keys", admin, map[string]any{"name": "matrix-expired", "role": "admin",
-		"expires_at": ts.clock.now().Add(time.Minute).Format(time.RFC3339Nano)})
-	expect(t, r, 201, "")
-	var expiredKey keyCreated
-	r.json(t, &expiredKey)
-	var keys []keyInfo
-	do(t, c, "GET", ts.url+"/api/v1/keys", admin, nil).json(t, &keys)
-	ids := map[string]int64{}
-	for _, k := range keys {
-		ids[k.Name] = k.ID
-	}
-	expect(t, do(t, c, "DELETE", fmt.Sprintf("%s/api/v1/keys/%d", ts.url, ids["matrix-revoked"]), admin, nil), 204, "")
-	ts.clock.advance(2 * time.Minute)
-
-	for _, id := range []string{"web-01", "web-02"} {
-		expect(t, do(t, c, "POST", ts.url+"/api/v1/machines/"+id+"/report", "", reportBody(id, storePath('a', "sys"), true, "ok")), 200, "")
-	}
-	expect(t, do(t, c, "POST", ts.url+"/api/v1/machines/web-03/register", admin, `{"tags":["web"]}`), 201, "")
-	newRelease := func() string {
-		r := do(t, c, "POST", ts.url+"/api/v1/releases", admin, map[string]any{"entries": []map[string]any{
-			{"hostname": "web-01", "store_path": storePath('c', "sys"), "platform": "x86_64-linux"},
-			{"hostname": "web-02", "store_path": storePath('d', "sys"), "platform": "x86_64-linux"}}})
-		expect(t, r, 201, "")
-		var rel struct{ ID string }
-		r.json(t, &rel)
-		return rel.ID
-	}
-	rel1, rel2, rel3 := newRelease(), newRelease(), newRelease()
-	r = do(t, c, "POST", ts.url+"/api/v1/rollouts", admin, map[string]any{"release_id": rel1, "strategy": "all_at_once",
-		"target": map[string]any{"hosts": []string{"web-01"}}})
-	expect(t, r, 201, "")
-	var ro createRolloutResponse
-	r.json(t, &ro)
-
-	// One valid request per route, and the statuses its handler may give an
-	// allowed caller (a later caller may find the work already done).
-	type call struct {
-		path    string
-		body    any
-		allowed []int
-	}
-	calls := map[string]call{
-		"GET /health":                 {"/health", nil, []int{200}},
-		"GET /metrics":                {"/metrics", nil, []int{200}},
-		"POST /api/v1/keys/bootstrap": {"/api/v1/keys/bootstrap", `{"name":"again"}`, []int{409}},
-		"GET /api/v1/machines/{id}/desired-generation": {"/api/v1/machines/web-01/desired-generation", nil, []int{404}},
-		"POST /api/v1/machines/{id}/report": {"/api/v1/machines/web-02/report",
-			reportBody("web-02", storePath('a', "sys"), true, "ok"), []int{200}},
-		"GET /api/v1/machines":                            {"/api/v1/machines", nil, []int{200}},
-		"POST /api/v1/machines/{id}/register":             {"/api/v1/machines/web-04/register", `{"tags":["db"]}`, []int{201}},
-		"PATCH /api/v1/machines/{id}/lifecycle":           {"/api/v1/machines/web-03/lifecycle", `{"lifecycle":"maintenance"}`, []int{200}},
-		"PUT /api/v1/machines/{id}/tags":                  {"/api/v1/machines/web-03/tags", `{"tags":["web","eu"]}`, []int{200}},
-		"DELETE /api/v1/machines/{id}/desired-generation": {"/api/v1/machines/web-03/desired-generation", nil, []int{204}},
-		"POST /api/v1/machines/{id}/notify-deploy": {"/api/v1/machines/web-03/notify-deploy",
-			map[string]any{"store_path": storePath('g', "sys")}, []int{200}},
-		"POST /api/v1/releases": {"/api/v1/releases", map[string]any{"entries": []map[string]any{
-			{"hostname": "web-02", "store_path": storePath('f', "sys"), "platform": "x86_64-linux"}}}, []int{201}},
-		"GET /api/v1/releases":                      {"/api/v1/releases", nil, []int{200}},
-		"GET /api/v1/releases/{id}":                 {"/api/v1/releases/" + rel1, nil, []int{200}},
-		"DELETE /api/v1/releases/{id}":              {"/api/v1/releases/" + rel3, nil, []int{204}},
-		"GET /api/v1/releases/{id}/diff/{other_id}": {"/api/v1/releases/" + rel1 + "/diff/" + rel2, nil, []int{200}},
-		"POST /api/v1/rollouts": {"/api/v1/rollouts", map[string]any{"release_id": rel2, "strategy": "all_at_once",
-			"target": map[string]any{"hosts": []string{"web-02"}}}, []int{201, 409}},
-		"GET /api/v1/rollouts":              {"/api/v1/rollouts", nil, []int{200}},
-		"GET /api/v1/rollouts/{id}":         {"/api/v1/rollouts/" + ro.RolloutID, nil, []int{200}},
-		"DELETE /api/v1/rollouts/{id}":      {"/api/v1/rollouts/" + ro.RolloutID, nil, []int{409}},
-		"POST /api/v1/rollouts/{id}/pause":  {"/api/v1/rollouts/" + ro.RolloutID + "/pause", nil, []int{200, 409}},
-		"POST /api/v1/rollouts/{id}/resume": {"/api/v1/rollouts/" + ro.RolloutID + "/resume", nil, []int{200, 409}},
-		"POST /api/v1/rollouts/{id}/cancel": {"/api/v1/rollouts/" + ro.RolloutID + "/cancel", nil, []int{200, 409}},
-		"GET /api/v1/audit":                 {"/api/v1/audit", nil, []int{200}},
-		"GET /api/v1/audit/export":          {"/api/v1/audit/export", nil, []int{200}},
-		"POST /api/v1/keys":                 {"/api/v1/keys", `{"name":"matrix-new","role":"readonly"}`, []int{201}},
-		"GET /api/v1/keys":                  {"/api/v1/keys", nil, []int{200}},
-		"DELETE /api/v1/keys/{id}":          {fmt.Sprintf("/api/v1/keys/%d", ids["matrix-spare"]), nil, []int{204}},
-	}
-	callers := []authMatrixCaller{
-		{name: "anonymous", deny: "missing API key"},
-		{name: "readonly", key: readonly, role: "readonly"},
-		{name: "deploy", key: deploy, role: "deploy"},
-		{name: "admin", key: admin, role: "admin"},
-		{name: "revoked key", key: revoked, deny: "API key revoked"},
-		{name: "expired key", key: expiredKey.Key, deny: "API key expired"},
-	}
-
-	for _, row := range rows {
-		num, route, public, agentCol := row[0], row[1], row[2], row[3]
-		roleCell := map[string]string{"readonly": row[4], "deploy": row[5], "admin": row[6]}
-		cl, ok := calls[route]
-		if !ok {
-			t.Fatalf("no request for route %s", route)
-		}
-		method, _, _ := strings.Cut(route, " ")
-		open := strings.HasPrefix(public, "✓") || strings.HasPrefix(agentCol, "✓")
-		roleMsg := "admin role required"
-		if roleCell["deploy"] == "✓" {
-			roleMsg = "deploy or admin role required"
-		}
-		t.Run(num+" "+route, func(t *testing.T) {
-			for _, who := range callers {
-				t.Run(who.name, func(t *testing.T) {
-					r := do(t, c, method, ts.url+cl.path, who.key, cl.body)
-					switch {
-					case open:
-						// Routes 1–5 never look at Authorization.
-					case who.role == "":
-						authExpect401(t, r, who.deny)
-						return
-					case roleCell[who.role] == "✗":
-						expect(t, r, 403, roleMsg)
-						return
-					case roleCell[who.role] != "✓":
-						t.Fatalf("matrix cell %q for %s", roleCell[who.role], who.role)
-					}
-					if r.status == 401 || r.status == 403 || !slices.Contains(cl.allowed, r.status) {
-						t.Fatalf("allowed caller got %d, want one of %v: %s", r.status, cl.allowed, r.body)
-					}
-				})
-			}
-		})
-	}
-}
-
-// TestAgentCNRuleACC31to34 covers ACC-31, ACC-33 and ACC-34 and the
-// byte-for-byte CN comparison of §3.5 (ACC-32's refusals are in
-// TestMTLSMatrix).
-func TestAgentCNRuleACC31to34(t *testing.T) {
-	ts := newTestServer(t, testServerOptions{mode: "mtls"})
-	op, web01 := ts.client("operator"), ts.client("web-01")
-	admin := bootstrapKey(t, op, ts.url)
-	desired := ts.url + "/api/v1/machines/web-01/desired-generation"
-
-	// ACC-31: the machine's own routes are never 403.
-	expect(t, do(t, web01, "GET", desired, "", nil), 404, "no desired generation")
-	expect(t, do(t, web01, "POST", ts.url+"/api/v1/machines/web-01/report", "",
-		reportBody("web-01", storePath('a', "sys"), true, "up-to-date")), 200, "")
-	expect(t, do(t, web01, "GET", desired, "", nil), 404, "no desired generation")
-	target := storePath('b', "sys")
-	expect(t, do(t, op, "POST", ts.url+"/api/v1/machines/web-01/notify-deploy", admin, map[string]any{"store_path": target}), 200, "")
-	r := do(t, web01, "GET", desired, "", nil)
-	expect(t, r, 200, "")
-	var dg desiredGeneration
-	r.json(t, &dg)
-	if dg.Hash != target {
-		t.Fatalf("desired %+v, want %s", dg, target)
-	}
-	// The CN is compared with the decoded path id, byte for byte.
-	expect(t, do(t, web01, "GET", ts.url+"/api/v1/machines/web%2D01/desired-generation", "", nil), 200, "")
-	expect(t, do(t, web01, "GET", ts.url+"/api/v1/machines/WEB-01/desired-generation", "", nil), 403,
-		"client certificate CN does not match machine id")
-	expect(t, do(t, web01, "GET", ts.url+"/api/v1/machines/web-01.x/desired-generation", "", nil), 403,
-		"client certificate CN does not match machine id")
-
-	// ACC-33: admin routes need the key, and do not check the CN.
-	ms := listMachinesT(t, op, ts.url, admin, "")
-	if len(ms) != 1 || ms[0].MachineID != "web-01" {
-		t.Fatalf("machines %+v", ms)
-	}
-	authExpect401(t, do(t, web01, "GET", ts.url+"/api/v1/machines", "", nil), "missing API key")
-	expect(t, do(t, web01, "GET", ts.url+"/api/v1/machines", admin, nil), 200, "")
-	expect(t, do(t, ts.client("web-02"), "GET", ts.url+"/api/v1/machines", admin, nil), 200, "")
-
-	// ACC-34: without a verified certificate (plain and TLS modes) the agent
-	// routes are open for any machine id.
-	for _, mode := range []string{"plain", "tls"} {
-		t.Run("ACC-34 "+mode, func(t *testing.T) {
-			ts := newTestServer(t, testServerOptions{mode: mode})
-			c := ts.client("")
-			for _, id := range []string{"web-01", "db-7", "anything.at_all"} {
-				expect(t, do(t, c, "POST", ts.url+"/api/v1/machines/"+id+"/report", "",
-					reportBody(id, storePath('a', "sys"), true, "ok")), 200, "")
-				expect(t, do(t, c, "GET", ts.url+"/api/v1/machines/"+id+"/desired-generation", "", nil), 404, "no desired generation")
-			}
-			if mode == "tls" {
-				// A certificate offered by the client is not even requested.
-				expect(t, do(t, ts.client("web-01"), "POST", ts.url+"/api/v1/machines/web-02/report", "",
-					reportBody("web-02", storePath('a', "sys"), true, "ok")), 200, "")
+			if tc.reason != "" {
+				if n := strings.Count(ts.logs.String(), `msg="authentication failed" reason=`+tc.reason+" "); n != logLines+1 {
+					t.Errorf("%d new `authentication failed reason=%s` log lines, want 1", n-logLines, tc.reason)
+				}
 			}
 		})
 	}

@@ -1,33 +1,27 @@
 package main
 
-// Shared test helpers: a fake clock, a real PKI generated per test, servers
+// Shared test helpers: a fake clock, polling with a deadline, servers
 // started through run (the production entry point) or assembled from the
-// production parts around httptest, and small HTTP client helpers.
+// production parts around httptest, a test server with one key of each role,
+// and small HTTP and database helpers. The test PKI is in helpers_pki_test.go,
+// the built binary in helpers_binary_test.go, the rollout helpers in
+// helpers_rollout_test.go and the crash-safety ledger and database verifier
+// in helpers_crash_test.go.
 
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
-	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -72,122 +66,42 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// testPKI is a CA with server and client certificates, written as PEM files.
-type testPKI struct {
-	dir        string
-	caFile     string // trusted client CA bundle
-	caPool     *x509.CertPool
-	serverCert string // for 127.0.0.1 and localhost
-	serverKey  string
-	clients    map[string]tls.Certificate // by name: web-01, web-02, operator, rogue, expired
-	clientFile map[string][2]string       // by name: cert and key PEM paths
-}
-
-// newTestPKI generates an ECDSA CA, a server certificate for 127.0.0.1,
-// client certificates for web-01, web-02 and operator, one for web-01 from a
-// rogue CA ("rogue") and an expired one for web-01 ("expired").
-func newTestPKI(t testing.TB) *testPKI {
-	t.Helper()
-	dir := t.TempDir()
-	p := &testPKI{dir: dir, clients: map[string]tls.Certificate{}, clientFile: map[string][2]string{}}
-	now := time.Now()
-	ca, caKey := newCA(t, "nixfleet test CA", now)
-	rogue, rogueKey := newCA(t, "rogue CA", now)
-	p.caPool = x509.NewCertPool()
-	p.caPool.AddCert(ca)
-	p.caFile = writePEM(t, dir, "ca.pem", "CERTIFICATE", ca.Raw)
-
-	srvTmpl := &x509.Certificate{
-		Subject:     pkix.Name{CommonName: "control-plane"},
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-		DNSNames:    []string{"localhost"},
-		NotBefore:   now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	certDER, key := signCert(t, srvTmpl, ca, caKey)
-	p.serverCert = writePEM(t, dir, "server.pem", "CERTIFICATE", certDER)
-	keyDER, _ := x509.MarshalPKCS8PrivateKey(key)
-	p.serverKey = writePEM(t, dir, "server-key.pem", "PRIVATE KEY", keyDER)
-
-	client := func(name, cn string, issuer *x509.Certificate, issuerKey *ecdsa.PrivateKey, notAfter time.Time) {
-		tmpl := &x509.Certificate{
-			Subject:   pkix.Name{CommonName: cn},
-			NotBefore: now.Add(-48 * time.Hour), NotAfter: notAfter,
-			KeyUsage:    x509.KeyUsageDigitalSignature,
-			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+// poll calls cond until it returns true or timeout has passed, and reports
+// whether it returned true. It waits 1 ms after the first call, doubling up
+// to 20 ms, so a condition that is almost there is seen at once and a slow
+// one is not hammered. Tests wait with waitFor; poll is for the few callers
+// that report a timeout in their own words.
+func poll(timeout time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	for wait := time.Millisecond; ; wait = min(2*wait, 20*time.Millisecond) {
+		if cond() {
+			return true
 		}
-		der, k := signCert(t, tmpl, issuer, issuerKey)
-		kd, _ := x509.MarshalPKCS8PrivateKey(k)
-		cf := writePEM(t, dir, name+".pem", "CERTIFICATE", der)
-		kf := writePEM(t, dir, name+"-key.pem", "PRIVATE KEY", kd)
-		pair, err := tls.LoadX509KeyPair(cf, kf)
-		if err != nil {
-			t.Fatal(err)
+		if time.Now().After(deadline) {
+			return false
 		}
-		p.clients[name] = pair
-		p.clientFile[name] = [2]string{cf, kf}
+		time.Sleep(wait) // the poll interval, inside the deadline
 	}
-	client("web-01", "web-01", ca, caKey, now.Add(24*time.Hour))
-	client("web-02", "web-02", ca, caKey, now.Add(24*time.Hour))
-	client("operator", "operator", ca, caKey, now.Add(24*time.Hour))
-	client("rogue", "web-01", rogue, rogueKey, now.Add(24*time.Hour))
-	client("expired", "web-01", ca, caKey, now.Add(-24*time.Hour))
-	return p
 }
 
-var serial int64 = 1
-
-func nextSerial() *big.Int {
-	serial++
-	return big.NewInt(serial)
-}
-
-func newCA(t testing.TB, cn string, now time.Time) (*x509.Certificate, *ecdsa.PrivateKey) {
+// waitFor polls cond until it holds and fails the test if it does not within
+// timeout; what names the condition in the failure. cond runs on the test's
+// goroutine, so it may call t.Fatal itself.
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
+	if !poll(timeout, cond) {
+		t.Fatalf("timed out after %v waiting for %s", timeout, what)
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: nextSerial(), Subject: pkix.Name{CommonName: cn},
-		NotBefore: now.Add(-72 * time.Hour), NotAfter: now.Add(72 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cert, key
 }
 
-// signCert creates a key pair and a certificate for tmpl signed by issuer.
-func signCert(t testing.TB, tmpl, issuer *x509.Certificate, issuerKey *ecdsa.PrivateKey) ([]byte, *ecdsa.PrivateKey) {
+// mustScan scans row (a *sql.Row, or *sql.Rows positioned by Next) into dest
+// and fails the test on any error, of the query or of the scan, so that a
+// failed read can never pass for "nothing stored".
+func mustScan(t testing.TB, row interface{ Scan(...any) error }, dest ...any) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
+	if err := row.Scan(dest...); err != nil {
+		t.Fatalf("scan: %v", err)
 	}
-	tmpl.SerialNumber = nextSerial()
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, issuer, &key.PublicKey, issuerKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return der, key
-}
-
-func writePEM(t testing.TB, dir, name, typ string, der []byte) string {
-	t.Helper()
-	path := filepath.Join(dir, name)
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
 }
 
 // runServer is a server started through run, as the binary starts it.
@@ -215,6 +129,20 @@ func startRun(t testing.TB, getenv func(string) string, args ...string) *runServ
 	if !strings.Contains(joined, "--listen") {
 		args = append(args, "--listen", "127.0.0.1:0")
 	}
+	rs := launchRun(t, getenv, args...)
+	scheme := "http"
+	if strings.Contains(joined, "--tls-cert") {
+		scheme = "https"
+	}
+	rs.url = scheme + "://" + rs.addr
+	return rs
+}
+
+// launchRun runs run(ctx, ["serve", args...]) with exactly the flags given
+// (startRun adds the usual ones), waits until it logs that it is listening,
+// and stops it at cleanup. rs.url is left empty. getenv may be nil.
+func launchRun(t testing.TB, getenv func(string) string, args ...string) *runServer {
+	t.Helper()
 	if getenv == nil {
 		getenv = func(string) string { return "" }
 	}
@@ -227,11 +155,10 @@ func startRun(t testing.TB, getenv func(string) string, args ...string) *runServ
 	ctx, cancel := context.WithCancel(context.Background())
 	rs.cancel = cancel
 	go func() { rs.done <- run(ctx, append([]string{"serve"}, args...), getenv, io.Discard, rs.logs) }()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	listening := poll(20*time.Second, func() bool {
 		if m := listeningRE.FindStringSubmatch(rs.logs.String()); m != nil {
 			rs.addr = m[1]
-			break
+			return true
 		}
 		select {
 		case err := <-rs.done:
@@ -239,17 +166,12 @@ func startRun(t testing.TB, getenv func(string) string, args ...string) *runServ
 			t.Fatalf("server exited during startup: %v\nlogs:\n%s", err, rs.logs.String())
 		default:
 		}
-		if time.Now().After(deadline) {
-			cancel()
-			t.Fatalf("server did not start\nlogs:\n%s", rs.logs.String())
-		}
-		time.Sleep(5 * time.Millisecond)
+		return false
+	})
+	if !listening {
+		cancel()
+		t.Fatalf("server did not start\nlogs:\n%s", rs.logs.String())
 	}
-	scheme := "http"
-	if strings.Contains(joined, "--tls-cert") {
-		scheme = "https"
-	}
-	rs.url = scheme + "://" + rs.addr
 	t.Cleanup(func() { rs.stop(t) })
 	return rs
 }
@@ -289,6 +211,7 @@ type testServer struct {
 type testServerOptions struct {
 	mode           string // "plain" (default), "tls" or "mtls"
 	bootstrapToken string
+	bootstrapCNs   []string // mTLS: the client certificate CNs that may bootstrap (--bootstrap-cn)
 	dbPath         string
 	realClock      bool // use time.Now instead of a fake clock
 }
@@ -309,7 +232,7 @@ func newTestServer(t testing.TB, o testServerOptions) *testServer {
 	}
 	logs := &syncBuffer{}
 	a, err := newApp(context.Background(), appConfig{dbPath: o.dbPath, mode: o.mode,
-		bootstrapToken: o.bootstrapToken, reportRetention: 168 * time.Hour, now: now, log: newLogger(logs, "debug")})
+		bootstrapToken: o.bootstrapToken, bootstrapCNs: o.bootstrapCNs, reportRetention: 168 * time.Hour, now: now, log: newLogger(logs, "debug")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -354,18 +277,128 @@ func (ts *testServer) client(cert string) *http.Client {
 	return ts.pki.client(cert)
 }
 
-// client returns an HTTPS client that trusts the test CA and presents the
-// named client certificate ("" for none).
-func (p *testPKI) client(cert string) *http.Client {
-	cfg := &tls.Config{RootCAs: p.caPool}
-	if cert != "" {
-		// GetClientCertificate, not Certificates: with Certificates, Go's client
-		// silently sends no certificate when the server's acceptable CAs do not
-		// include its issuer, and a rogue-CA test would test "no certificate".
-		c := p.clients[cert]
-		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &c, nil }
+// testEnv is a plain-mode test server (fake clock) with the three keys of the
+// acceptance checklist: A (admin, from bootstrap, named "first-admin"),
+// D (deploy, "deployer") and R (readonly, "reader").
+type testEnv struct {
+	ts      *testServer
+	c       *http.Client
+	url     string
+	A, D, R string
+}
+
+func newTestEnv(t testing.TB) *testEnv {
+	t.Helper()
+	ts := newTestServer(t, testServerOptions{})
+	c := ts.client("")
+	e := &testEnv{ts: ts, c: c, url: ts.url}
+	e.A = bootstrapKey(t, c, ts.url)
+	e.D = createTestKey(t, c, ts.url, e.A, "deployer", "deploy")
+	e.R = createTestKey(t, c, ts.url, e.A, "reader", "readonly")
+	return e
+}
+
+func (e *testEnv) report(t testing.TB, id string, body any) response {
+	t.Helper()
+	return do(t, e.c, "POST", e.url+"/api/v1/machines/"+id+"/report", "", body)
+}
+
+func (e *testEnv) register(t testing.TB, id string, body any) response {
+	t.Helper()
+	return do(t, e.c, "POST", e.url+"/api/v1/machines/"+id+"/register", e.A, body)
+}
+
+func (e *testEnv) patch(t testing.TB, id, lifecycle string) response {
+	t.Helper()
+	return do(t, e.c, "PATCH", e.url+"/api/v1/machines/"+id+"/lifecycle", e.A, map[string]any{"lifecycle": lifecycle})
+}
+
+func (e *testEnv) desired(t testing.TB, id string) response {
+	t.Helper()
+	return do(t, e.c, "GET", e.url+"/api/v1/machines/"+id+"/desired-generation", "", nil)
+}
+
+// machine returns the listed status of id; ok is false if it is not listed.
+func (e *testEnv) machine(t testing.TB, id string) (machineStatus, bool) {
+	t.Helper()
+	for _, m := range listMachinesT(t, e.c, e.url, e.A, "") {
+		if m.MachineID == id {
+			return m, true
+		}
 	}
-	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}
+	return machineStatus{}, false
+}
+
+func (e *testEnv) mustMachine(t testing.TB, id string) machineStatus {
+	t.Helper()
+	m, ok := e.machine(t, id)
+	if !ok {
+		t.Fatalf("machine %s not listed", id)
+	}
+	return m
+}
+
+// audit returns the audit rows for target (all actions), oldest first.
+func (e *testEnv) audit(t testing.TB, target string) []auditEvent {
+	t.Helper()
+	evs := auditRows(t, e.c, e.url, e.A, "?limit=1000&target="+target)
+	slices.Reverse(evs)
+	return evs
+}
+
+// auditSummary returns "action|actor|detail" for each audit row of target,
+// oldest first.
+func (e *testEnv) auditSummary(t testing.TB, target string) []string {
+	t.Helper()
+	var out []string
+	for _, ev := range e.audit(t, target) {
+		d := "<null>"
+		if ev.Detail != nil {
+			d = *ev.Detail
+		}
+		out = append(out, ev.Action+"|"+ev.Actor+"|"+d)
+	}
+	return out
+}
+
+// fingerprint summarises the stored state: row counts of the tables that a
+// rejected request must not touch, and the highest audit id.
+func (e *testEnv) fingerprint(t testing.TB) string {
+	t.Helper()
+	return dbFingerprint(t, e.ts)
+}
+
+// dbFingerprint is the fingerprint of ts's database.
+func dbFingerprint(t testing.TB, ts *testServer) string {
+	t.Helper()
+	var b strings.Builder
+	for _, table := range []string{"machine", "machine_tag", "desired_generation", "report", "health_report",
+		"api_key", "audit_event", "release", "release_entry", "rollout", "rollout_batch", "rollout_machine"} {
+		var n int
+		if err := ts.st.ro.QueryRow("SELECT count(*) FROM " + table).Scan(&n); err != nil {
+			t.Fatalf("count %s: %v", table, err)
+		}
+		fmt.Fprintf(&b, "%s=%d ", table, n)
+	}
+	var maxID int64
+	mustScan(t, ts.st.ro.QueryRow("SELECT coalesce(max(id), 0) FROM audit_event"), &maxID)
+	fmt.Fprintf(&b, "audit_max=%d", maxID)
+	return b.String()
+}
+
+func (e *testEnv) metric(t testing.TB, series string) float64 {
+	t.Helper()
+	return metricValue(t, e.c, e.url, series)
+}
+
+// countRows runs a count query on the test server's database.
+func countRows(t testing.TB, ts *testServer, q string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := ts.st.ro.QueryRowContext(context.Background(), q, args...).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", q, err)
+	}
+	return n
 }
 
 // response is a decoded HTTP response.
@@ -441,6 +474,88 @@ func send(t testing.TB, c *http.Client, req *http.Request) response {
 	return response{status: resp.StatusCode, header: resp.Header, body: b}
 }
 
+// apiSend sends body with exactly the given Content-Type ("" for none) and an
+// optional bearer key. chunked hides the length, so Go sends the body chunked.
+func apiSend(t testing.TB, c *http.Client, method, url, key, contentType string, body []byte, chunked bool) response {
+	t.Helper()
+	var rd io.Reader = bytes.NewReader(body)
+	if chunked {
+		rd = io.MultiReader(bytes.NewReader(body))
+	}
+	req, err := http.NewRequest(method, url, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if chunked {
+		req.ContentLength = -1
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	return send(t, c, req)
+}
+
+// authSend sends a request with exactly the given extra headers (the
+// Authorization header is not added for the caller). body is sent as JSON
+// when non-empty.
+func authSend(t testing.TB, c *http.Client, method, url string, hdr map[string]string, body string) response {
+	t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, url, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	return send(t, c, req)
+}
+
+// tryDo sends one request without a testing.TB, so that it can run on any
+// goroutine and never fails the test: the server may die at any moment.
+// body is JSON-encoded unless nil; key, when non-empty, is a Bearer token.
+func tryDo(c *http.Client, method, url, key string, body any) (int, []byte, error) {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return 0, nil, err
+		}
+		rd = strings.NewReader(string(b))
+	}
+	req, err := http.NewRequest(method, url, rd)
+	if err != nil {
+		return 0, nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		// The status line arrived but the body did not: a 2xx is only
+		// trusted once the whole answer has been read.
+		return 0, nil, err
+	}
+	return resp.StatusCode, b, nil
+}
+
 // expect fails the test unless r has the wanted status; for error statuses it
 // also checks the JSON error body, and, when wantErr is non-empty, its text.
 func expect(t testing.TB, r response, status int, wantErr string) {
@@ -462,6 +577,18 @@ func expect(t testing.TB, r response, status int, wantErr string) {
 	}
 }
 
+// authExpect401 checks a 401 with its message and the WWW-Authenticate header
+// that every 401 carries (§2.5).
+func authExpect401(t testing.TB, r response, wantErr string) {
+	t.Helper()
+	expect(t, r, http.StatusUnauthorized, wantErr)
+	if got := r.header.Get("WWW-Authenticate"); got != `Bearer realm="nixfleet"` {
+		t.Fatalf("WWW-Authenticate %q, want Bearer realm=\"nixfleet\"", got)
+	}
+}
+
+var authKeyTokenRE = regexp.MustCompile(`^nfk-[0-9a-f]{64}$`)
+
 // bootstrapKey creates the first admin key and returns it.
 func bootstrapKey(t testing.TB, c *http.Client, base string) string {
 	t.Helper()
@@ -472,14 +599,27 @@ func bootstrapKey(t testing.TB, c *http.Client, base string) string {
 	return k.Key
 }
 
-// createKey creates a key with the given role using the admin key.
+// createTestKey creates a key with the given role using the admin key.
 func createTestKey(t testing.TB, c *http.Client, base, admin, name, role string) string {
 	t.Helper()
-	r := do(t, c, "POST", base+"/api/v1/keys", admin, map[string]any{"name": name, "role": role})
+	return keysCreateAPI(t, c, base, admin, map[string]any{"name": name, "role": role}).Key
+}
+
+// keysCreateAPI posts a key and returns the decoded 201 response.
+func keysCreateAPI(t testing.TB, c *http.Client, base, admin string, body any) keyCreated {
+	t.Helper()
+	return postCreated[keyCreated](t, c, base+"/api/v1/keys", admin, body)
+}
+
+// postCreated posts body to url with key, expects 201 and returns the answer
+// decoded.
+func postCreated[T any](t testing.TB, c *http.Client, url, key string, body any) T {
+	t.Helper()
+	r := do(t, c, "POST", url, key, body)
 	expect(t, r, 201, "")
-	var k keyCreated
-	r.json(t, &k)
-	return k.Key
+	var out T
+	r.json(t, &out)
+	return out
 }
 
 // storePath returns a valid store path whose name ends in name.
@@ -505,6 +645,33 @@ func healthBody(id, gen string, failed ...string) map[string]any {
 	b := reportBody(id, gen, len(failed) == 0, "health-check")
 	b["health"] = map[string]any{"results": results, "all_passed": len(failed) == 0, "timestamp": "2026-04-11T09:30:00.51Z"}
 	return b
+}
+
+// The series of nixfleet_reports_total, by result.
+const (
+	reportsRejected = `nixfleet_reports_total{result="rejected"}`
+	reportsSuccess  = `nixfleet_reports_total{result="success"}`
+	reportsFailure  = `nixfleet_reports_total{result="failure"}`
+)
+
+// outputTimeRE is the format of every timestamp the API writes (§0.5).
+var outputTimeRE = regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$`)
+
+// numberedTags returns n distinct valid tags: t00, t01, …
+func numberedTags(n int) []string {
+	tags := make([]string, n)
+	for i := range tags {
+		tags[i] = fmt.Sprintf("t%02d", i)
+	}
+	return tags
+}
+
+// sameMachineStatus compares two statuses, seconds_since_last_report aside.
+func sameMachineStatus(a, b machineStatus) bool {
+	a.SecondsSinceLastReport, b.SecondsSinceLastReport = nil, nil
+	ja, _ := json.Marshal(a)
+	jb, _ := json.Marshal(b)
+	return string(ja) == string(jb)
 }
 
 // listMachinesT returns GET /api/v1/machines decoded.
@@ -534,95 +701,49 @@ func metricValue(t testing.TB, c *http.Client, base, series string) float64 {
 	expect(t, r, 200, "")
 	for _, line := range strings.Split(string(r.body), "\n") {
 		if rest, ok := strings.CutPrefix(line, series+" "); ok {
-			var v float64
-			fmt.Sscan(rest, &v)
+			v, err := strconv.ParseFloat(rest, 64)
+			if err != nil {
+				t.Fatalf("value of %s: %v", series, err)
+			}
 			return v
 		}
 	}
 	return -1
 }
 
-var (
-	binaryOnce sync.Once
-	binaryPath string
-	binaryErr  error
-)
-
-// buildBinary builds the daemon once per test process and returns its path.
-func buildBinary(t testing.TB) string {
-	t.Helper()
-	binaryOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "nixfleet-cp-bin")
-		if err != nil {
-			binaryErr = err
-			return
-		}
-		binaryPath = filepath.Join(dir, "nixfleet-control-plane")
-		out, err := exec.Command("go", "build", "-o", binaryPath, ".").CombinedOutput()
-		if err != nil {
-			binaryErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if binaryErr != nil {
-		t.Fatal(binaryErr)
+// relEntry is one release entry of a request.
+func relEntry(host string, hash byte, tags ...string) map[string]any {
+	e := map[string]any{"hostname": host, "store_path": storePath(hash, "nixos-system-"+host), "platform": "x86_64-linux"}
+	if tags != nil {
+		e["tags"] = tags
 	}
-	return binaryPath
+	return e
 }
 
-// binServer is the built binary running as a child process.
-type binServer struct {
-	cmd  *exec.Cmd
-	url  string
-	logs *syncBuffer
-	done chan error // receives cmd.Wait's result
+// relCreate creates a release and returns its id.
+func relCreate(t testing.TB, e *testEnv, key string, body any) string {
+	t.Helper()
+	return postCreated[struct{ ID string }](t, e.c, e.ts.url+"/api/v1/releases", key, body).ID
 }
 
-// startBinary runs the built binary with args (add --db-path yourself; a
-// loopback --listen is added unless given) and waits until it listens. The
-// process is killed at cleanup if still running.
-func startBinary(t testing.TB, args ...string) *binServer {
+// relRegister registers active machines.
+func relRegister(t testing.TB, e *testEnv, ids ...string) {
 	t.Helper()
-	if !strings.Contains(strings.Join(args, " "), "--listen") {
-		args = append(args, "--listen", "127.0.0.1:0")
-	}
-	bs := &binServer{logs: &syncBuffer{}, done: make(chan error, 1)}
-	bs.cmd = exec.Command(buildBinary(t), args...)
-	bs.cmd.Stderr = bs.logs
-	bs.cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
-	if err := bs.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { bs.done <- bs.cmd.Wait() }()
-	t.Cleanup(func() {
-		bs.cmd.Process.Kill()
-		<-bs.done
-	})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if m := listeningRE.FindStringSubmatch(bs.logs.String()); m != nil {
-			bs.url = "http://" + m[1]
-			if strings.Contains(strings.Join(args, " "), "--tls-cert") {
-				bs.url = "https://" + m[1]
-			}
-			return bs
-		}
-		select {
-		case err := <-bs.done:
-			bs.done <- err
-			t.Fatalf("binary exited during startup: %v\n%s", err, bs.logs.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("binary did not start:\n%s", bs.logs.String())
-		}
-		time.Sleep(5 * time.Millisecond)
+	for _, id := range ids {
+		expect(t, do(t, e.c, "POST", e.ts.url+"/api/v1/machines/"+id+"/register", e.A, nil), 201, "")
 	}
 }
 
-// kill9 kills the process with SIGKILL and waits for it.
-func (bs *binServer) kill9(t testing.TB) {
+// relRollout creates a rollout over hosts and returns its id.
+func relRollout(t testing.TB, e *testEnv, release string, body map[string]any, hosts ...string) string {
 	t.Helper()
-	bs.cmd.Process.Signal(syscall.SIGKILL)
-	err := <-bs.done
-	bs.done <- err
+	req := map[string]any{"release_id": release, "strategy": "all_at_once", "target": map[string]any{"hosts": hosts}}
+	for k, v := range body {
+		req[k] = v
+	}
+	r := do(t, e.c, "POST", e.ts.url+"/api/v1/rollouts", e.D, req)
+	expect(t, r, 201, "")
+	var out createRolloutResponse
+	r.json(t, &out)
+	return out.RolloutID
 }

@@ -1,13 +1,22 @@
 package main
 
+// Tests for the binary's entry point (main.go, §1): a smoke test through
+// run (ACC-4), the version and usage errors, exit codes (ACC-2), environment
+// versus flags (ACC-5), and SIGTERM during an in-flight request (ACC-6).
+
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -78,5 +87,244 @@ func TestUsageErrors(t *testing.T) {
 		if !errors.As(err, &ue) {
 			t.Errorf("%v: got %v, want a usage error", args, err)
 		}
+	}
+}
+
+// TestStartupExitCodes covers ACC-2 and §1.4/§1.6: configuration errors exit
+// 2 and naming the flag or variable, unreadable TLS material and a taken port
+// exit 1 naming the file or address; in every case nothing listens and (for
+// errors found before step 4) no database is created.
+func TestStartupExitCodes(t *testing.T) {
+	pki := newTestPKI(t)
+	dir := t.TempDir()
+	short := filepath.Join(dir, "short-token")
+	os.WriteFile(short, []byte("  too-short \n"), 0o600)
+	garbage := filepath.Join(dir, "garbage.pem")
+	os.WriteFile(garbage, []byte("not a certificate\n"), 0o600)
+	missingCert := filepath.Join(dir, "no-such-dir", "missing-cert.pem")
+	missingKey := filepath.Join(dir, "missing-key.pem")
+	missingCA := filepath.Join(dir, "missing-ca.pem")
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+
+	for _, tc := range []struct {
+		name    string
+		env     []string
+		args    []string
+		code    int
+		msg     string
+		dbMaybe bool // the database may exist (the failure comes after step 4)
+	}{
+		{"tls-cert without tls-key", nil, []string{"--tls-cert", pki.serverCert}, 2, "--tls-cert and --tls-key must be set together", false},
+		{"tls-key without tls-cert", nil, []string{"--tls-key", pki.serverKey}, 2, "--tls-cert and --tls-key must be set together", false},
+		{"client-ca without cert and key", nil, []string{"--client-ca", pki.caFile}, 2, "--client-ca requires --tls-cert and --tls-key", false},
+		{"client-ca without key", nil, []string{"--client-ca", pki.caFile, "--tls-cert", pki.serverCert}, 2, "", false},
+		{"executor-interval 5", nil, []string{"--executor-interval", "5"}, 2, "--executor-interval", false},
+		{"executor-interval 2m", nil, []string{"--executor-interval", "2m"}, 2, "--executor-interval", false},
+		{"executor-interval from env", []string{"NIXFLEET_CP_EXECUTOR_INTERVAL=5"}, nil, 2, "NIXFLEET_CP_EXECUTOR_INTERVAL", false},
+		{"report-retention 30m", nil, []string{"--report-retention=30m"}, 2, "--report-retention", false},
+		{"log-level", nil, []string{"-log-level", "loud"}, 2, "--log-level", false},
+		{"log-level from env", []string{"NIXFLEET_CP_LOG_LEVEL=DEBUG"}, nil, 2, "NIXFLEET_CP_LOG_LEVEL", false},
+		{"listen without port", nil, []string{"--listen", "127.0.0.1"}, 2, "--listen", false},
+		{"unknown flag", nil, []string{"--no-such-flag"}, 2, "", false},
+		{"positional argument", nil, []string{"serve", "extra"}, 2, "extra", false},
+		{"unknown command", nil, []string{"bogus"}, 2, "bogus", false},
+		{"short bootstrap token", nil, []string{"--bootstrap-token-file", short}, 2, "bootstrap-token-file", false},
+		{"missing tls-cert file", nil, []string{"--tls-cert", missingCert, "--tls-key", pki.serverKey}, 1, missingCert, false},
+		{"missing tls-key file", nil, []string{"--tls-cert", pki.serverCert, "--tls-key", missingKey}, 1, missingKey, false},
+		{"invalid tls-cert file", nil, []string{"--tls-cert", garbage, "--tls-key", pki.serverKey}, 1, garbage, false},
+		{"key does not match", nil, []string{"--tls-cert", pki.serverCert, "--tls-key", pki.clientFile["web-01"][1]}, 1, pki.clientFile["web-01"][1], false},
+		{"missing client-ca file", nil, []string{"--tls-cert", pki.serverCert, "--tls-key", pki.serverKey, "--client-ca", missingCA}, 1, missingCA, false},
+		{"client-ca without certificates", nil, []string{"--tls-cert", pki.serverCert, "--tls-key", pki.serverKey, "--client-ca", garbage}, 1, garbage, false},
+		{"port taken", nil, []string{"--listen", taken.Addr().String()}, 1, taken.Addr().String(), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			db := filepath.Join(t.TempDir(), "sub", "state.db")
+			addr := freePort(t)
+			if tc.name == "port taken" {
+				addr = taken.Addr().String()
+			}
+			// Flags go before any positional argument; "serve" and "bogus"
+			// stay first.
+			var args []string
+			rest := tc.args
+			if len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
+				args, rest = append(args, rest[0]), rest[1:]
+			}
+			args = append(args, "--db-path", db)
+			if !strings.Contains(strings.Join(rest, " "), "listen") {
+				args = append(args, "--listen", addr)
+			}
+			args = append(args, rest...)
+			code, stderr := runBinary(t, tc.env, args...)
+			if code != tc.code {
+				t.Fatalf("exit code %d, want %d\n%s", code, tc.code, stderr)
+			}
+			if !strings.Contains(stderr, tc.msg) || strings.TrimSpace(stderr) == "" {
+				t.Fatalf("stderr lacks %q:\n%s", tc.msg, stderr)
+			}
+			if strings.Contains(stderr, "Control plane listening") {
+				t.Fatalf("the server listened:\n%s", stderr)
+			}
+			if tc.name != "port taken" && isListening(addr) {
+				t.Fatalf("something listens on %s", addr)
+			}
+			if _, err := os.Stat(db); err == nil && !tc.dbMaybe {
+				t.Fatalf("the database was created although startup failed before opening it")
+			}
+		})
+	}
+	// A successful start and stop exits 0 (the control case for the codes above).
+	code, stderr := runBinary(t, nil, "version")
+	if code != 0 || stderr != "" {
+		t.Fatalf("version: %d %q", code, stderr)
+	}
+}
+
+// freePort returns a loopback address that was free a moment ago.
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+// isListening reports whether something accepts connections on addr.
+func isListening(addr string) bool {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+// TestListenEnvAndFlag covers ACC-5 and §1.2: NIXFLEET_CP_LISTEN is used when
+// no flag is given, --listen beats it, and an empty variable counts as unset.
+func TestListenEnvAndFlag(t *testing.T) {
+	envAddr, flagAddr := freePort(t), freePort(t)
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		args []string
+		want string
+	}{
+		{"env only", map[string]string{"NIXFLEET_CP_LISTEN": envAddr}, nil, envAddr},
+		{"flag beats env", map[string]string{"NIXFLEET_CP_LISTEN": envAddr}, []string{"--listen", flagAddr}, flagAddr},
+		{"flag with = beats env", map[string]string{"NIXFLEET_CP_LISTEN": envAddr}, []string{"-listen=" + flagAddr}, flagAddr},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			db := filepath.Join(t.TempDir(), "state.db")
+			getenv := func(k string) string { return tc.env[k] }
+			rs := launchRun(t, getenv, append([]string{"--db-path", db}, tc.args...)...)
+			addr := rs.addr
+			if addr != tc.want {
+				t.Fatalf("listening on %s, want %s", addr, tc.want)
+			}
+			r := do(t, &http.Client{Timeout: 10 * time.Second}, "GET", "http://"+addr+"/health", "", nil)
+			if r.status != 200 || string(r.body) != "ok" {
+				t.Fatalf("health %d %q", r.status, r.body)
+			}
+			if other := map[string]string{envAddr: flagAddr, flagAddr: envAddr}[addr]; isListening(other) {
+				t.Fatalf("also listening on %s", other)
+			}
+			if err := rs.stop(t); err != nil {
+				t.Fatalf("run returned %v\n%s", err, rs.logs.String())
+			}
+		})
+	}
+	t.Run("env for the database and an empty variable", func(t *testing.T) {
+		db := filepath.Join(t.TempDir(), "env", "state.db")
+		env := map[string]string{"NIXFLEET_CP_DB_PATH": db, "NIXFLEET_CP_LISTEN": "127.0.0.1:0", "NIXFLEET_CP_LOG_LEVEL": ""}
+		rs := launchRun(t, func(k string) string { return env[k] })
+		if _, err := os.Stat(db); err != nil {
+			t.Fatalf("NIXFLEET_CP_DB_PATH not used: %v", err)
+		}
+		if !strings.Contains(rs.logs.String(), "path="+db) {
+			t.Fatalf("logs:\n%s", rs.logs.String())
+		}
+		if err := rs.stop(t); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// TestShutdownDuringRequest covers ACC-6 and §1.5 with the built binary: a
+// report whose body is still arriving when SIGTERM comes is read to the end,
+// committed and answered 200, and the process then exits 0.
+func TestShutdownDuringRequest(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "state.db")
+	bs := startBinary(t, "--db-path", db)
+	addr := strings.TrimPrefix(bs.url, "http://")
+	p1 := storePath('a', "sys-1")
+	body, _ := json.Marshal(reportBody("web-01", p1, true, "deployed"))
+
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	br := bufio.NewReader(conn)
+	// Expect: 100-continue makes the server say when the handler starts
+	// reading the body: from then on the request is certainly in flight.
+	fmt.Fprintf(conn, "POST /api/v1/machines/web-01/report HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"+
+		"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n", addr, len(body))
+	status, err := br.ReadString('\n')
+	if err != nil || !strings.Contains(status, " 100 ") {
+		t.Fatalf("interim response %q: %v", status, err)
+	}
+	if blank, _ := br.ReadString('\n'); blank != "\r\n" {
+		t.Fatalf("after 100 Continue: %q", blank)
+	}
+	half := len(body) / 2
+	if _, err := conn.Write(body[:half]); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := bs.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if !poll(10*time.Second, func() bool { return strings.Contains(bs.logs.String(), "shutting down") }) {
+		t.Fatalf("no shutdown log after SIGTERM:\n%s", bs.logs.String())
+	}
+	if _, err := conn.Write(body[half:]); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(br, &http.Request{Method: "POST"})
+	if err != nil {
+		t.Fatalf("reading the answer: %v\n%s", err, bs.logs.String())
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d, want 200", resp.StatusCode)
+	}
+
+	select {
+	case err := <-bs.done:
+		bs.done <- err
+		if err != nil {
+			t.Fatalf("exit: %v\n%s", err, bs.logs.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the process did not exit within 20 s of SIGTERM\n%s", bs.logs.String())
+	}
+	// The acknowledged report is in the database.
+	sdb := openDB(t, db)
+	var gen string
+	if err := sdb.QueryRow("SELECT current_generation FROM machine WHERE machine_id = 'web-01'").Scan(&gen); err != nil || gen != p1 {
+		t.Fatalf("stored generation %q: %v", gen, err)
+	}
+	var n int
+	mustScan(t, sdb.QueryRow("SELECT count(*) FROM report"), &n)
+	if n != 1 {
+		t.Fatalf("%d reports stored", n)
 	}
 }

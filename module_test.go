@@ -525,6 +525,8 @@ type moduleFlags struct {
 	listen, dbPath, tlsCert, tlsKey, clientCA string
 	executorInterval, reportRetention         time.Duration
 	logLevel, bootstrapTokenFile              string
+	bootstrapCNs                              []string
+	maxConnections                            int
 }
 
 func moduleFlagsOf(c serveConfig) moduleFlags {
@@ -535,6 +537,7 @@ func moduleFlagsOf(c serveConfig) moduleFlags {
 var defaultModuleFlags = moduleFlags{
 	listen: "0.0.0.0:8080", dbPath: "/var/lib/nixfleet-cp/state.db",
 	executorInterval: 2 * time.Second, reportRetention: 168 * time.Hour, logLevel: "info",
+	maxConnections: defaultMaxConnections,
 }
 
 // execStartCases are the configurations whose command line is checked word for word, and then parsed by the

@@ -1,15 +1,14 @@
 package main
 
-// Release tests (§4.13–§4.17, §5.4, §8): body limits (ACC-10), create, get,
-// list, diff and delete (ACC-63–71), a 100,000-entry release in one request,
-// and the invariant that bad input never produces a 500 or a partial release.
+// Release tests (releases.go, §4.13–§4.17, §5.4, §8): body limits (ACC-10),
+// create, get, list, diff and delete (ACC-63–71), a 100,000-entry release in
+// one request, and the invariant that bad input never produces a 500 or a
+// partial release.
 
 import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"reflect"
 	"regexp"
 	"slices"
@@ -17,67 +16,6 @@ import (
 	"testing"
 	"time"
 )
-
-// accEnv is a test server with the three keys of the acceptance checklist:
-// A (admin, from bootstrap, "first-admin"), D (deploy, "deployer") and
-// R (readonly, "reader").
-type accEnv struct {
-	ts      *testServer
-	c       *http.Client
-	A, D, R string
-}
-
-func accSetup(t testing.TB) *accEnv {
-	t.Helper()
-	ts := newTestServer(t, testServerOptions{})
-	c := ts.client("")
-	a := bootstrapKey(t, c, ts.url)
-	return &accEnv{
-		ts: ts, c: c, A: a,
-		D: createTestKey(t, c, ts.url, a, "deployer", "deploy"),
-		R: createTestKey(t, c, ts.url, a, "reader", "readonly"),
-	}
-}
-
-// accCount runs a count query on the test server's database.
-func accCount(t testing.TB, ts *testServer, q string, args ...any) int {
-	t.Helper()
-	var n int
-	if err := ts.st.ro.QueryRowContext(context.Background(), q, args...).Scan(&n); err != nil {
-		t.Fatalf("%s: %v", q, err)
-	}
-	return n
-}
-
-// accDoRaw sends body with an explicit Content-Type ("" for none). With
-// chunked, the body is sent without a Content-Length.
-func accDoRaw(t testing.TB, c *http.Client, method, url, key, contentType string, body []byte, chunked bool) response {
-	t.Helper()
-	var rd io.Reader = bytes.NewReader(body)
-	if chunked {
-		rd = io.MultiReader(rd) // an unknown length: Transfer-Encoding chunked
-	}
-	req, err := http.NewRequest(method, url, rd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if contentType != "" {
-		req.Header.Set("Content-Type", contentType)
-	}
-	if key != "" {
-		req.Header.Set("Authorization", "Bearer "+key)
-	}
-	return send(t, c, req)
-}
-
-// relEntry is one release entry of a request.
-func relEntry(host string, hash byte, tags ...string) map[string]any {
-	e := map[string]any{"hostname": host, "store_path": storePath(hash, "nixos-system-"+host), "platform": "x86_64-linux"}
-	if tags != nil {
-		e["tags"] = tags
-	}
-	return e
-}
 
 // relBigBody encodes a valid release of n entries named host-000000… directly
 // as JSON bytes (fast for 100,000 entries).
@@ -100,20 +38,7 @@ func relBigPath(i int) string {
 	return fmt.Sprintf("/nix/store/%032d-nixos-system-host-%06d", i, i)
 }
 
-// relCreate creates a release and returns its id.
-func relCreate(t testing.TB, e *accEnv, key string, body any) string {
-	t.Helper()
-	r := do(t, e.c, "POST", e.ts.url+"/api/v1/releases", key, body)
-	expect(t, r, 201, "")
-	var out struct {
-		ID        string `json:"id"`
-		HostCount int    `json:"host_count"`
-	}
-	r.json(t, &out)
-	return out.ID
-}
-
-func relGet(t testing.TB, e *accEnv, id string) release {
+func relGet(t testing.TB, e *testEnv, id string) release {
 	t.Helper()
 	r := do(t, e.c, "GET", e.ts.url+"/api/v1/releases/"+id, e.R, nil)
 	expect(t, r, 200, "")
@@ -122,7 +47,7 @@ func relGet(t testing.TB, e *accEnv, id string) release {
 	return rel
 }
 
-func relList(t testing.TB, e *accEnv, query string) []release {
+func relList(t testing.TB, e *testEnv, query string) []release {
 	t.Helper()
 	r := do(t, e.c, "GET", e.ts.url+"/api/v1/releases"+query, e.R, nil)
 	expect(t, r, 200, "")
@@ -135,15 +60,15 @@ var releaseIDRE = regexp.MustCompile(`^rel-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-
 
 // relNothingStored fails unless the database holds no release, no entry and
 // no create_release audit row, and the list is empty.
-func relNothingStored(t testing.TB, e *accEnv) {
+func relNothingStored(t testing.TB, e *testEnv) {
 	t.Helper()
-	if n := accCount(t, e.ts, "SELECT count(*) FROM release"); n != 0 {
+	if n := countRows(t, e.ts, "SELECT count(*) FROM release"); n != 0 {
 		t.Fatalf("%d releases stored", n)
 	}
-	if n := accCount(t, e.ts, "SELECT count(*) FROM release_entry"); n != 0 {
+	if n := countRows(t, e.ts, "SELECT count(*) FROM release_entry"); n != 0 {
 		t.Fatalf("%d release entries stored", n)
 	}
-	if n := accCount(t, e.ts, "SELECT count(*) FROM audit_event WHERE action = 'create_release'"); n != 0 {
+	if n := countRows(t, e.ts, "SELECT count(*) FROM audit_event WHERE action = 'create_release'"); n != 0 {
 		t.Fatalf("%d create_release audit rows", n)
 	}
 	if rels := relList(t, e, ""); len(rels) != 0 {
@@ -156,14 +81,14 @@ func relNothingStored(t testing.TB, e *accEnv) {
 // exactly 32 MiB is accepted, and a valid 20,000-entry release gets 201. The
 // 1 MiB limit of the other routes is checked on POST /api/v1/rollouts.
 func TestReleaseBodyLimits(t *testing.T) {
-	e := accSetup(t)
+	e := newTestEnv(t)
 	url := e.ts.url + "/api/v1/releases"
 
 	over := bytes.Repeat([]byte(" "), maxReleaseBody+1)
 	copy(over, `{"entries":[`)
 	for _, chunked := range []bool{false, true} {
 		t.Run(fmt.Sprintf("33554433 bytes chunked=%v", chunked), func(t *testing.T) {
-			r := accDoRaw(t, e.c, "POST", url, e.D, "application/json", over, chunked)
+			r := apiSend(t, e.c, "POST", url, e.D, "application/json", over, chunked)
 			expect(t, r, 413, "request body too large")
 			relNothingStored(t, e)
 		})
@@ -172,7 +97,7 @@ func TestReleaseBodyLimits(t *testing.T) {
 		body := bytes.Repeat([]byte(" "), maxBody+1)
 		copy(body, `{"release_id":"rel-x",`)
 		for _, chunked := range []bool{false, true} {
-			r := accDoRaw(t, e.c, "POST", e.ts.url+"/api/v1/rollouts", e.D, "application/json", body, chunked)
+			r := apiSend(t, e.c, "POST", e.ts.url+"/api/v1/rollouts", e.D, "application/json", body, chunked)
 			expect(t, r, 413, "request body too large")
 		}
 	})
@@ -183,7 +108,7 @@ func TestReleaseBodyLimits(t *testing.T) {
 			t.Fatalf("body is %d bytes", len(body))
 		}
 		for _, chunked := range []bool{false, true} {
-			r := accDoRaw(t, e.c, "POST", url, e.D, "application/json", body, chunked)
+			r := apiSend(t, e.c, "POST", url, e.D, "application/json", body, chunked)
 			expect(t, r, 201, "")
 			var out struct{ ID string }
 			r.json(t, &out)
@@ -197,7 +122,7 @@ func TestReleaseBodyLimits(t *testing.T) {
 	t.Run("20000 entries", func(t *testing.T) {
 		body := relBigBody(20_000)
 		t.Logf("20,000-entry body: %d bytes", len(body))
-		r := accDoRaw(t, e.c, "POST", url, e.D, "application/json", body, false)
+		r := apiSend(t, e.c, "POST", url, e.D, "application/json", body, false)
 		expect(t, r, 201, "")
 		var out struct {
 			ID        string `json:"id"`
@@ -207,7 +132,7 @@ func TestReleaseBodyLimits(t *testing.T) {
 		if out.HostCount != 20_000 {
 			t.Fatalf("host_count %d", out.HostCount)
 		}
-		if n := accCount(t, e.ts, "SELECT count(*) FROM release_entry WHERE release_id = ?", out.ID); n != 20_000 {
+		if n := countRows(t, e.ts, "SELECT count(*) FROM release_entry WHERE release_id = ?", out.ID); n != 20_000 {
 			t.Fatalf("%d entries stored", n)
 		}
 	})
@@ -215,7 +140,7 @@ func TestReleaseBodyLimits(t *testing.T) {
 
 // TestReleaseCreate covers ACC-63 and the create_release audit row (§8.1).
 func TestReleaseCreate(t *testing.T) {
-	e := accSetup(t)
+	e := newTestEnv(t)
 	r := do(t, e.c, "POST", e.ts.url+"/api/v1/releases", e.D, map[string]any{
 		"entries": []any{relEntry("web-01", 'a'), relEntry("web-02", 'b')},
 	})
@@ -244,7 +169,7 @@ func TestReleaseCreate(t *testing.T) {
 // entry, no audit row. Anonymous creation gets 401 and R gets 403, even
 // with a malformed body (§2.6).
 func TestReleaseRejectsBadInput(t *testing.T) {
-	e := accSetup(t)
+	e := newTestEnv(t)
 	url := e.ts.url + "/api/v1/releases"
 	good := func(host string) string {
 		return `{"hostname":"` + host + `","store_path":"` + storePath('a', "sys") + `","platform":"x86_64-linux"}`
@@ -302,13 +227,13 @@ func TestReleaseRejectsBadInput(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			r := accDoRaw(t, e.c, "POST", url, e.D, "application/json", []byte(tc.body), false)
+			r := apiSend(t, e.c, "POST", url, e.D, "application/json", []byte(tc.body), false)
 			expect(t, r, tc.status, tc.msg)
 			relNothingStored(t, e)
 		})
 	}
 	t.Run("content type", func(t *testing.T) {
-		r := accDoRaw(t, e.c, "POST", url, e.D, "text/plain", []byte(`{"entries":[`+good("web-01")+`]}`), false)
+		r := apiSend(t, e.c, "POST", url, e.D, "text/plain", []byte(`{"entries":[`+good("web-01")+`]}`), false)
 		expect(t, r, 415, "Content-Type must be application/json")
 		relNothingStored(t, e)
 	})
@@ -340,12 +265,12 @@ func FuzzReleaseCreateBody(f *testing.F) {
 	f.Add([]byte(`{"entries":[{"hostname":"a","store_path":"` + storePath('a', "s") + `","platform":"p","hostname":"b"}]}`))
 	f.Add([]byte("{\"entries\":[{\"hostname\":\"a\u0000\"}]}"))
 	f.Add([]byte(`{"entries":[{"hostname":"a","store_path":"` + storePath('a', "s") + `","platform":"p"}]`))
-	e := accSetup(f)
+	e := newTestEnv(f)
 	url := e.ts.url + "/api/v1/releases"
 	f.Fuzz(func(t *testing.T, body []byte) {
-		before := accCount(t, e.ts, "SELECT count(*) FROM release")
-		beforeEntries := accCount(t, e.ts, "SELECT count(*) FROM release_entry")
-		r := accDoRaw(t, e.c, "POST", url, e.D, "application/json", body, false)
+		before := countRows(t, e.ts, "SELECT count(*) FROM release")
+		beforeEntries := countRows(t, e.ts, "SELECT count(*) FROM release_entry")
+		r := apiSend(t, e.c, "POST", url, e.D, "application/json", body, false)
 		switch r.status {
 		case 201:
 			var out struct {
@@ -357,15 +282,15 @@ func FuzzReleaseCreateBody(f *testing.F) {
 			if rel.HostCount != out.HostCount || len(rel.Entries) != out.HostCount || out.HostCount < 1 {
 				t.Fatalf("stored %d entries, host_count %d, response %d", len(rel.Entries), rel.HostCount, out.HostCount)
 			}
-			if n := accCount(t, e.ts, "SELECT count(*) FROM release"); n != before+1 {
+			if n := countRows(t, e.ts, "SELECT count(*) FROM release"); n != before+1 {
 				t.Fatalf("%d releases after a create, want %d", n, before+1)
 			}
 		case 400, 413:
 			expect(t, r, r.status, "")
-			if n := accCount(t, e.ts, "SELECT count(*) FROM release"); n != before {
+			if n := countRows(t, e.ts, "SELECT count(*) FROM release"); n != before {
 				t.Fatalf("rejected body changed the release count %d -> %d", before, n)
 			}
-			if n := accCount(t, e.ts, "SELECT count(*) FROM release_entry"); n != beforeEntries {
+			if n := countRows(t, e.ts, "SELECT count(*) FROM release_entry"); n != beforeEntries {
 				t.Fatalf("rejected body changed the entry count %d -> %d", beforeEntries, n)
 			}
 		default:
@@ -378,7 +303,7 @@ func FuzzReleaseCreateBody(f *testing.F) {
 // sent without tags (sorted and deduplicated otherwise), created_by, the
 // optional fields, and 404/400 for unknown and invalid ids.
 func TestReleaseGet(t *testing.T) {
-	e := accSetup(t)
+	e := newTestEnv(t)
 	id := relCreate(t, e, e.D, map[string]any{
 		"flake_ref": "github:org/fleet", "flake_rev": "9f1c2d3e", "cache_url": nil,
 		"entries": []any{relEntry("web-02", 'b', "web", "eu", "web"), relEntry("api-01", 'c'), relEntry("web-01", 'a', "web"), relEntry("Zed", 'd', []string{}...)},
@@ -456,7 +381,7 @@ func TestReleaseGet(t *testing.T) {
 // order (later first), limit default 20 and maximum 500, and 400 for a
 // limit that is not an integer of at least 1.
 func TestReleaseList(t *testing.T) {
-	e := accSetup(t)
+	e := newTestEnv(t)
 	var ids []string
 	for i := 0; i < 3; i++ {
 		ids = append(ids, relCreate(t, e, e.D, map[string]any{"entries": []any{relEntry(fmt.Sprintf("web-%02d", i), 'a')}}))
@@ -528,7 +453,7 @@ func relIDs(rels []release) []string {
 // TestReleaseListHost covers ACC-67: ?host= returns only the releases that
 // have an entry for that exact hostname; the value is not validated.
 func TestReleaseListHost(t *testing.T) {
-	e := accSetup(t)
+	e := newTestEnv(t)
 	a := relCreate(t, e, e.D, map[string]any{"entries": []any{relEntry("web-01", 'a'), relEntry("web-02", 'b')}})
 	e.ts.clock.advance(time.Second)
 	relCreate(t, e, e.D, map[string]any{"entries": []any{relEntry("db-01", 'c'), relEntry("web-010", 'c')}})
@@ -565,7 +490,7 @@ func TestReleaseListHost(t *testing.T) {
 // an unknown A or B (A checked first), 400 for an invalid id, a release
 // diffed with itself, and platform/tag changes that are not reported.
 func TestReleaseDiff(t *testing.T) {
-	e := accSetup(t)
+	e := newTestEnv(t)
 	entry := func(h, p string) map[string]any {
 		return map[string]any{"hostname": h, "store_path": storePath(p[0], "sys-"+p), "platform": "x86_64-linux"}
 	}
@@ -628,29 +553,7 @@ func TestReleaseDiff(t *testing.T) {
 	}
 }
 
-// relRegister registers active machines.
-func relRegister(t testing.TB, e *accEnv, ids ...string) {
-	t.Helper()
-	for _, id := range ids {
-		expect(t, do(t, e.c, "POST", e.ts.url+"/api/v1/machines/"+id+"/register", e.A, nil), 201, "")
-	}
-}
-
-// relRollout creates a rollout over hosts and returns its id.
-func relRollout(t testing.TB, e *accEnv, release string, body map[string]any, hosts ...string) string {
-	t.Helper()
-	req := map[string]any{"release_id": release, "strategy": "all_at_once", "target": map[string]any{"hosts": hosts}}
-	for k, v := range body {
-		req[k] = v
-	}
-	r := do(t, e.c, "POST", e.ts.url+"/api/v1/rollouts", e.D, req)
-	expect(t, r, 201, "")
-	var out createRolloutResponse
-	r.json(t, &out)
-	return out.RolloutID
-}
-
-func relRolloutStatus(t testing.TB, e *accEnv, id string) string {
+func relRolloutStatus(t testing.TB, e *testEnv, id string) string {
 	t.Helper()
 	r := do(t, e.c, "GET", e.ts.url+"/api/v1/rollouts/"+id, e.R, nil)
 	expect(t, r, 200, "")
@@ -665,7 +568,7 @@ func relRolloutStatus(t testing.TB, e *accEnv, id string) string {
 // deletable only once every rollout referencing it has been deleted. No
 // refused delete writes an audit row.
 func TestReleaseDeleteReferenced(t *testing.T) {
-	e := accSetup(t)
+	e := newTestEnv(t)
 	relRegister(t, e, "web-01", "web-02")
 	rel := relCreate(t, e, e.D, map[string]any{"entries": []any{relEntry("web-01", 'a'), relEntry("web-02", 'b')}})
 	refused := func(t *testing.T, when string) {
@@ -675,7 +578,7 @@ func TestReleaseDeleteReferenced(t *testing.T) {
 		if got := relGet(t, e, rel); got.HostCount != 2 || len(got.Entries) != 2 {
 			t.Fatalf("%s: release damaged by a refused delete: %+v", when, got)
 		}
-		if n := accCount(t, e.ts, "SELECT count(*) FROM audit_event WHERE action = 'delete_release'"); n != 0 {
+		if n := countRows(t, e.ts, "SELECT count(*) FROM audit_event WHERE action = 'delete_release'"); n != 0 {
 			t.Fatalf("%s: a refused delete wrote %d audit rows", when, n)
 		}
 	}
@@ -725,7 +628,7 @@ func TestReleaseDeleteReferenced(t *testing.T) {
 	expect(t, do(t, e.c, "DELETE", e.ts.url+"/api/v1/releases/"+rel, e.A, nil), 204, "")
 	expect(t, do(t, e.c, "GET", e.ts.url+"/api/v1/releases/"+rel, e.R, nil), 404, "release "+rel+" not found")
 	// Audit rows about the release and the rollouts remain (§10.1).
-	if n := accCount(t, e.ts, "SELECT count(*) FROM audit_event WHERE target = ?", rel); n != 2 {
+	if n := countRows(t, e.ts, "SELECT count(*) FROM audit_event WHERE target = ?", rel); n != 2 {
 		t.Fatalf("%d audit rows target the release, want create_release and delete_release", n)
 	}
 }
@@ -734,7 +637,7 @@ func TestReleaseDeleteReferenced(t *testing.T) {
 // delete_release audit row (detail null), then GET and DELETE get 404; PUT
 // and PATCH get 405 with Allow; the role checks come first.
 func TestReleaseDeleteUnreferenced(t *testing.T) {
-	e := accSetup(t)
+	e := newTestEnv(t)
 	rel := relCreate(t, e, e.D, map[string]any{"entries": []any{relEntry("web-01", 'a'), relEntry("web-02", 'b')}})
 	url := e.ts.url + "/api/v1/releases/" + rel
 
@@ -760,7 +663,7 @@ func TestReleaseDeleteUnreferenced(t *testing.T) {
 	}
 	expect(t, do(t, e.c, "GET", url, e.R, nil), 404, "release "+rel+" not found")
 	expect(t, do(t, e.c, "DELETE", url, e.A, nil), 404, "release "+rel+" not found")
-	if n := accCount(t, e.ts, "SELECT count(*) FROM release_entry WHERE release_id = ?", rel); n != 0 {
+	if n := countRows(t, e.ts, "SELECT count(*) FROM release_entry WHERE release_id = ?", rel); n != 0 {
 		t.Fatalf("%d entries left behind", n)
 	}
 	evs := auditRows(t, e.c, e.ts.url, e.R, "?action=delete_release")
@@ -779,12 +682,12 @@ func TestReleaseLarge100k(t *testing.T) {
 	if testing.Short() {
 		t.Skip("100,000-entry release skipped in -short mode")
 	}
-	e := accSetup(t)
+	e := newTestEnv(t)
 	body := relBigBody(100_000)
 	t.Logf("100,000-entry body: %d bytes", len(body))
 
 	start := time.Now()
-	r := accDoRaw(t, e.c, "POST", e.ts.url+"/api/v1/releases", e.D, "application/json", body, false)
+	r := apiSend(t, e.c, "POST", e.ts.url+"/api/v1/releases", e.D, "application/json", body, false)
 	created := time.Since(start)
 	expect(t, r, 201, "")
 	var out struct {
@@ -819,12 +722,12 @@ func TestReleaseLarge100k(t *testing.T) {
 
 	t.Run("100001 entries", func(t *testing.T) {
 		body := relBigBody(100_001)
-		r := accDoRaw(t, e.c, "POST", e.ts.url+"/api/v1/releases", e.D, "application/json", body, false)
+		r := apiSend(t, e.c, "POST", e.ts.url+"/api/v1/releases", e.D, "application/json", body, false)
 		expect(t, r, 400, "")
-		if n := accCount(t, e.ts, "SELECT count(*) FROM release"); n != 1 {
+		if n := countRows(t, e.ts, "SELECT count(*) FROM release"); n != 1 {
 			t.Fatalf("%d releases after a refused create", n)
 		}
-		if n := accCount(t, e.ts, "SELECT count(*) FROM release_entry"); n != 100_000 {
+		if n := countRows(t, e.ts, "SELECT count(*) FROM release_entry"); n != 100_000 {
 			t.Fatalf("%d entries after a refused create", n)
 		}
 	})
@@ -833,11 +736,11 @@ func TestReleaseLarge100k(t *testing.T) {
 // BenchmarkCreateRelease100k measures one POST of a 100,000-entry release
 // (about 13 MB of JSON) over loopback, committed durably.
 func BenchmarkCreateRelease100k(b *testing.B) {
-	e := accSetup(b)
+	e := newTestEnv(b)
 	body := relBigBody(100_000)
 	b.SetBytes(int64(len(body)))
 	for b.Loop() {
-		r := accDoRaw(b, e.c, "POST", e.ts.url+"/api/v1/releases", e.D, "application/json", body, false)
+		r := apiSend(b, e.c, "POST", e.ts.url+"/api/v1/releases", e.D, "application/json", body, false)
 		if r.status != 201 {
 			b.Fatalf("status %d: %s", r.status, r.body)
 		}

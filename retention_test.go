@@ -1,10 +1,10 @@
 package main
 
-// Retention tests (§12.6, ACC-119 first half): health reports older than
-// 24 h except each machine's newest, reports beyond --report-retention
-// except the newest 100 per machine (their health reports with them), by
-// the server's receive time only, in chunks of at most 1000 rows per
-// transaction, with the counts logged as msg=retention.
+// Retention tests (retention.go, §12.6, ACC-119 first half): health reports
+// older than 24 h except each machine's newest, reports beyond
+// --report-retention except the newest 100 per machine (their health reports
+// with them), by the server's receive time only, in chunks of at most 1000
+// rows per transaction, with the counts logged as msg=retention.
 
 import (
 	"context"
@@ -109,18 +109,10 @@ func retNoOrphans(t testing.TB, db queryer) {
 // gives no other signal that the startup retention run has finished.
 func retWaitLog(t testing.TB, logs *syncBuffer, substr string) string {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	tick := time.NewTicker(2 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		if s := logs.String(); strings.Contains(s, substr) {
-			return s
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("log never contained %q:\n%s", substr, logs.String())
-		}
-		<-tick.C
+	if !poll(20*time.Second, func() bool { return strings.Contains(logs.String(), substr) }) {
+		t.Fatalf("log never contained %q:\n%s", substr, logs.String())
 	}
+	return logs.String()
 }
 
 // TestRetentionAtStartup covers ACC-119 (first half) through run: over a
@@ -203,7 +195,7 @@ func TestRetentionHealthReports(t *testing.T) {
 		{at: at(9 * day), health: true},  // web-02's newest, though old: kept
 	})
 	c := retSeed(t, ts, "web-03", []retReport{{at: at(5 * day), health: true}}) // only one: kept
-	reportsBefore := accCount(t, ts, "SELECT count(*) FROM report")
+	reportsBefore := countRows(t, ts, "SELECT count(*) FROM report")
 
 	health, reports, err := ts.ret.prune(context.Background())
 	if err != nil {
@@ -225,7 +217,7 @@ func TestRetentionHealthReports(t *testing.T) {
 			t.Errorf("%s health reports on %v, want %v", tc.machine, got, tc.want)
 		}
 	}
-	if n := accCount(t, ts, "SELECT count(*) FROM report"); n != reportsBefore {
+	if n := countRows(t, ts, "SELECT count(*) FROM report"); n != reportsBefore {
 		t.Errorf("reports %d -> %d: the 24 h rule must not delete reports", reportsBefore, n)
 	}
 	// A second run finds nothing more to do.
@@ -272,8 +264,8 @@ func TestRetentionReports(t *testing.T) {
 	// reports, except what the 24 h rule removes (all but the newest).
 	g := retSeed(t, ts, "web-g", series(10, old, func(int) bool { return true }))
 
-	auditBefore := accCount(t, ts, "SELECT count(*) FROM audit_event")
-	machinesBefore := accCount(t, ts, "SELECT count(*) FROM machine")
+	auditBefore := countRows(t, ts, "SELECT count(*) FROM audit_event")
+	machinesBefore := countRows(t, ts, "SELECT count(*) FROM machine")
 	health, reports, err := ts.ret.prune(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -308,10 +300,10 @@ func TestRetentionReports(t *testing.T) {
 		t.Errorf("24 h rule deleted %d health reports, want 9 (web-g's older ones)", health)
 	}
 	retNoOrphans(t, ro)
-	if n := accCount(t, ts, "SELECT count(*) FROM audit_event"); n != auditBefore {
+	if n := countRows(t, ts, "SELECT count(*) FROM audit_event"); n != auditBefore {
 		t.Errorf("audit rows %d -> %d", auditBefore, n)
 	}
-	if n := accCount(t, ts, "SELECT count(*) FROM machine"); n != machinesBefore {
+	if n := countRows(t, ts, "SELECT count(*) FROM machine"); n != machinesBefore {
 		t.Errorf("machines %d -> %d", machinesBefore, n)
 	}
 
@@ -368,7 +360,7 @@ func TestRetentionChunks(t *testing.T) {
 	if got := retReportsOf(t, ts.st.ro, "web-r"); !slices.Equal(got, r[1300:]) {
 		t.Errorf("web-r keeps %d reports, want the newest 100", len(got))
 	}
-	if n := accCount(t, ts, "SELECT count(*) FROM report WHERE machine_id = 'web-h'"); n != 2500 {
+	if n := countRows(t, ts, "SELECT count(*) FROM report WHERE machine_id = 'web-h'"); n != 2500 {
 		t.Errorf("web-h lost reports: %d", n)
 	}
 	retNoOrphans(t, ts.st.ro)

@@ -1,90 +1,20 @@
 package main
 
-// Rollout routes through the real HTTP stack, with the server started by run
-// (§4.18–§4.24, ACC-72–83, ACC-86, ACC-96, ACC-98–104). The executor loop runs
-// on its real timer here; tests wait for states by polling with a deadline and
-// never assert durations.
+// Rollout routes through the real HTTP stack (rollout_actions.go, §4.18–§4.24,
+// §9.1, §9.9, ACC-72–83, ACC-99–104, ACC-115): create, list and get, pause,
+// resume, cancel and delete, with their events, audit rows and metrics.
 
 import (
 	"bytes"
 	"database/sql"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
-	"path/filepath"
 	"regexp"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 )
-
-// rtAPI is a server started through run with keys A (admin), D (deploy,
-// named "deployer") and R (readonly).
-type rtAPI struct {
-	rs  *runServer
-	url string
-	c   *http.Client
-	A   string
-	D   string
-	R   string
-}
-
-func rtNewAPI(t *testing.T, args ...string) *rtAPI {
-	t.Helper()
-	if !slices.Contains(args, "--executor-interval") {
-		args = append(args, "--executor-interval", "100ms")
-	}
-	rs := startRun(t, nil, args...)
-	c := &http.Client{Timeout: 30 * time.Second}
-	a := &rtAPI{rs: rs, url: rs.url, c: c}
-	a.A = bootstrapKey(t, c, rs.url)
-	a.D = createTestKey(t, c, rs.url, a.A, "deployer", "deploy")
-	a.R = createTestKey(t, c, rs.url, a.A, "viewer", "readonly")
-	return a
-}
-
-// post sends a JSON body to a rollout route with key.
-func (a *rtAPI) post(t testing.TB, path, key string, body any) response {
-	t.Helper()
-	return do(t, a.c, "POST", a.url+path, key, body)
-}
-
-// waitFor polls cond every 10 ms until it holds or the deadline passes.
-func rtWaitFor(t testing.TB, deadline time.Duration, what string, cond func() bool) {
-	t.Helper()
-	end := time.Now().Add(deadline)
-	for !cond() {
-		if time.Now().After(end) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// waitBatch waits until batch i of the rollout has one of the statuses.
-func (a *rtAPI) waitBatch(t testing.TB, rid string, i int, statuses ...string) rolloutDetail {
-	t.Helper()
-	var d rolloutDetail
-	rtWaitFor(t, 10*time.Second, fmt.Sprintf("batch %d of %s to be %v", i, rid, statuses), func() bool {
-		d = rtDetail(t, a.c, a.url, a.A, rid)
-		return slices.Contains(statuses, d.Batches[i].Status)
-	})
-	return d
-}
-
-// waitStatus waits until the rollout has the status.
-func (a *rtAPI) waitStatus(t testing.TB, rid, status string) rolloutDetail {
-	t.Helper()
-	var d rolloutDetail
-	rtWaitFor(t, 10*time.Second, fmt.Sprintf("%s to be %s", rid, status), func() bool {
-		d = rtDetail(t, a.c, a.url, a.A, rid)
-		return d.Status == status
-	})
-	return d
-}
 
 var rtRolloutIDRE = regexp.MustCompile(`^r-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
 
@@ -261,24 +191,6 @@ func TestRolloutCreateTargetsACC77to80(t *testing.T) {
 	})
 }
 
-// rtRawPost posts a JSON body from any goroutine (no testing.T calls).
-func rtRawPost(c *http.Client, url, key string, body any) (int, []byte, error) {
-	b, _ := json.Marshal(body)
-	req, err := http.NewRequest("POST", url, bytes.NewReader(b))
-	if err != nil {
-		return 0, nil, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer "+key)
-	resp, err := c.Do(req)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	out, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, out, err
-}
-
 // TestRolloutConcurrentCreatesACC81 sends two creates over the same machine
 // at once, 20 rounds: each round gives exactly one 201 and one 409 (§9.1
 // step 2).
@@ -301,7 +213,7 @@ func TestRolloutConcurrentCreatesACC81(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				<-start
-				status[i], body[i], errs[i] = rtRawPost(a.c, a.url+"/api/v1/rollouts", a.D, bodies[i])
+				status[i], body[i], errs[i] = tryDo(a.c, "POST", a.url+"/api/v1/rollouts", a.D, bodies[i])
 			}()
 		}
 		close(start)
@@ -387,7 +299,7 @@ func TestRolloutCreateResponseACC82and83(t *testing.T) {
 				t.Fatalf("sizes %v (want %v), machines %v", sizes, tc.want, all)
 			}
 			d := rtDetail(t, a.c, a.url, a.R, cr.RolloutID)
-			if d.Status != "running" || d.CreatedBy != "apikey:deployer" || !rtOutputTimeRE.MatchString(d.CreatedAt) {
+			if d.Status != "running" || d.CreatedBy != "apikey:deployer" || !outputTimeRE.MatchString(d.CreatedAt) {
 				t.Fatalf("detail %s %s %s", d.Status, d.CreatedBy, d.CreatedAt)
 			}
 			// The creation woke the executor, so batch 0 may already have started.
@@ -406,6 +318,96 @@ func TestRolloutCreateResponseACC82and83(t *testing.T) {
 			}
 			expect(t, a.post(t, "/api/v1/rollouts/"+cr.RolloutID+"/cancel", a.D, nil), 200, "")
 		})
+	}
+}
+
+// TestRolloutListAndGetACC103and104 checks GET /api/v1/rollouts and
+// GET /api/v1/rollouts/{id} (§4.19, §4.20).
+func TestRolloutListAndGetACC103and104(t *testing.T) {
+	a := rtNewAPI(t)
+	rtRegister(t, a.c, a.url, a.A, "web-01", "web-02", "web-03")
+	rel := rtRelease(t, a.c, a.url, a.D, nil, rtRelPath, "web-01", "web-02", "web-03")
+	r1 := rtCreate(t, a.c, a.url, a.D, rtHostsRollout(rel, "all_at_once", "web-01")).RolloutID
+	expect(t, a.post(t, "/api/v1/rollouts/"+r1+"/cancel", a.D, nil), 200, "")
+	body := rtHostsRollout(rel, "all_at_once", "web-02")
+	body["failure_threshold"] = "30%"
+	body["soak_seconds"] = 7
+	r2 := rtCreate(t, a.c, a.url, a.D, body).RolloutID
+	r3 := rtCreate(t, a.c, a.url, a.D, rtHostsRollout(rel, "all_at_once", "web-03")).RolloutID
+	expect(t, a.post(t, "/api/v1/rollouts/"+r3+"/pause", a.D, nil), 200, "")
+	a.waitBatch(t, r2, 0, "waiting_health")
+
+	list := func(q string) []map[string]json.RawMessage {
+		r := do(t, a.c, "GET", a.url+"/api/v1/rollouts"+q, a.R, nil)
+		expect(t, r, 200, "")
+		var out []map[string]json.RawMessage
+		r.json(t, &out)
+		return out
+	}
+	ids := func(items []map[string]json.RawMessage) []string {
+		var out []string
+		for _, it := range items {
+			var id string
+			json.Unmarshal(it["id"], &id)
+			out = append(out, id)
+			if string(it["events"]) != "[]" {
+				t.Fatalf("ACC-103: list item %s has events %s", id, it["events"])
+			}
+		}
+		return out
+	}
+	rtWantStrings(t, "all, newest first", ids(list("")), []string{r3, r2, r1})
+	rtWantStrings(t, "running", ids(list("?status=running")), []string{r2})
+	rtWantStrings(t, "paused", ids(list("?status=paused")), []string{r3})
+	rtWantStrings(t, "cancelled", ids(list("?status=cancelled")), []string{r1})
+	// ACC-103, §4.19: a value that is not a rollout status is a 400 naming
+	// the parameter, so that a typo never looks like an empty fleet.
+	expect(t, do(t, a.c, "GET", a.url+"/api/v1/rollouts?status=bogus", a.R, nil), 400,
+		"status: must be one of created, running, paused, completed, failed, cancelled")
+	rtWantStrings(t, "limit=1", ids(list("?limit=1")), []string{r3})
+	expect(t, do(t, a.c, "GET", a.url+"/api/v1/rollouts?limit=0", a.R, nil), 400, "")
+	expect(t, do(t, a.c, "GET", a.url+"/api/v1/rollouts?limit=abc", a.R, nil), 400, "")
+	if got := len(list("?limit=100000")); got != 3 {
+		t.Fatalf("clamped limit: %d items", got)
+	}
+
+	expect(t, do(t, a.c, "GET", a.url+"/api/v1/rollouts/r-ghost", a.R, nil), 404, "rollout r-ghost not found")
+	expect(t, do(t, a.c, "GET", a.url+"/api/v1/rollouts/r-ghost", "", nil), 401, "")
+	r := do(t, a.c, "GET", a.url+"/api/v1/rollouts/"+r2, a.R, nil)
+	expect(t, r, 200, "")
+	var raw map[string]json.RawMessage
+	r.json(t, &raw)
+	for k, want := range map[string]string{"soak_seconds": "7", "failure_threshold": `"30%"`, "status": `"running"`} {
+		if string(raw[k]) != want {
+			t.Fatalf("%s = %s, want %s", k, raw[k], want)
+		}
+	}
+	var evs []map[string]json.RawMessage
+	json.Unmarshal(raw["events"], &evs)
+	if len(evs) < 2 {
+		t.Fatalf("events %s", raw["events"])
+	}
+	var lastID int64
+	for _, ev := range evs {
+		var id int64
+		json.Unmarshal(ev["id"], &id)
+		if id <= lastID || !bytes.HasPrefix(ev["detail"], []byte(`"{`)) {
+			t.Fatalf("event id %d after %d, detail %s (must be a JSON string)", id, lastID, ev["detail"])
+		}
+		lastID = id
+	}
+	var batches []map[string]json.RawMessage
+	json.Unmarshal(raw["batches"], &batches)
+	for _, k := range []string{"id", "batch_index", "machine_ids", "status", "machine_health", "started_at", "completed_at", "soak_started_at"} {
+		if _, ok := batches[0][k]; !ok {
+			t.Fatalf("batch lacks %s: %v", k, batches[0])
+		}
+	}
+	for _, k := range []string{"id", "status", "strategy", "release_id", "on_failure", "failure_threshold", "health_timeout",
+		"soak_seconds", "cache_url", "batch_sizes", "target", "batches", "created_at", "updated_at", "created_by", "events"} {
+		if _, ok := raw[k]; !ok {
+			t.Fatalf("detail lacks %s", k)
+		}
 	}
 }
 
@@ -538,193 +540,80 @@ func TestRolloutOperatorActionsACC99to102(t *testing.T) {
 	})
 }
 
-// TestRolloutListAndGetACC103and104 checks GET /api/v1/rollouts and
-// GET /api/v1/rollouts/{id} (§4.19, §4.20).
-func TestRolloutListAndGetACC103and104(t *testing.T) {
-	a := rtNewAPI(t)
-	rtRegister(t, a.c, a.url, a.A, "web-01", "web-02", "web-03")
-	rel := rtRelease(t, a.c, a.url, a.D, nil, rtRelPath, "web-01", "web-02", "web-03")
-	r1 := rtCreate(t, a.c, a.url, a.D, rtHostsRollout(rel, "all_at_once", "web-01")).RolloutID
-	expect(t, a.post(t, "/api/v1/rollouts/"+r1+"/cancel", a.D, nil), 200, "")
-	body := rtHostsRollout(rel, "all_at_once", "web-02")
-	body["failure_threshold"] = "30%"
-	body["soak_seconds"] = 7
-	r2 := rtCreate(t, a.c, a.url, a.D, body).RolloutID
-	r3 := rtCreate(t, a.c, a.url, a.D, rtHostsRollout(rel, "all_at_once", "web-03")).RolloutID
-	expect(t, a.post(t, "/api/v1/rollouts/"+r3+"/pause", a.D, nil), 200, "")
-	a.waitBatch(t, r2, 0, "waiting_health")
-
-	list := func(q string) []map[string]json.RawMessage {
-		r := do(t, a.c, "GET", a.url+"/api/v1/rollouts"+q, a.R, nil)
-		expect(t, r, 200, "")
-		var out []map[string]json.RawMessage
-		r.json(t, &out)
-		return out
-	}
-	ids := func(items []map[string]json.RawMessage) []string {
-		var out []string
-		for _, it := range items {
-			var id string
-			json.Unmarshal(it["id"], &id)
-			out = append(out, id)
-			if string(it["events"]) != "[]" {
-				t.Fatalf("ACC-103: list item %s has events %s", id, it["events"])
-			}
-		}
-		return out
-	}
-	rtWantStrings(t, "all, newest first", ids(list("")), []string{r3, r2, r1})
-	rtWantStrings(t, "running", ids(list("?status=running")), []string{r2})
-	rtWantStrings(t, "paused", ids(list("?status=paused")), []string{r3})
-	rtWantStrings(t, "cancelled", ids(list("?status=cancelled")), []string{r1})
-	// ACC-103, §4.19: a value that is not a rollout status is a 400 naming
-	// the parameter, so that a typo never looks like an empty fleet.
-	expect(t, do(t, a.c, "GET", a.url+"/api/v1/rollouts?status=bogus", a.R, nil), 400,
-		"status: must be one of created, running, paused, completed, failed, cancelled")
-	rtWantStrings(t, "limit=1", ids(list("?limit=1")), []string{r3})
-	expect(t, do(t, a.c, "GET", a.url+"/api/v1/rollouts?limit=0", a.R, nil), 400, "")
-	expect(t, do(t, a.c, "GET", a.url+"/api/v1/rollouts?limit=abc", a.R, nil), 400, "")
-	if got := len(list("?limit=100000")); got != 3 {
-		t.Fatalf("clamped limit: %d items", got)
-	}
-
-	expect(t, do(t, a.c, "GET", a.url+"/api/v1/rollouts/r-ghost", a.R, nil), 404, "rollout r-ghost not found")
-	expect(t, do(t, a.c, "GET", a.url+"/api/v1/rollouts/r-ghost", "", nil), 401, "")
-	r := do(t, a.c, "GET", a.url+"/api/v1/rollouts/"+r2, a.R, nil)
-	expect(t, r, 200, "")
-	var raw map[string]json.RawMessage
-	r.json(t, &raw)
-	for k, want := range map[string]string{"soak_seconds": "7", "failure_threshold": `"30%"`, "status": `"running"`} {
-		if string(raw[k]) != want {
-			t.Fatalf("%s = %s, want %s", k, raw[k], want)
+// TestExecutorOperatorEventsAndMetricsACC115 checks the operator transitions'
+// events and audit rows (§9.9, §9.11, §10.2) and nixfleet_rollouts_active and
+// nixfleet_rollouts_total after a create, a pause, a resume, a cancel and a
+// delete.
+func TestExecutorOperatorEventsAndMetricsACC115(t *testing.T) {
+	e := rtNewExecEnv(t)
+	e.register("web-01", "web-02")
+	rel := e.release(nil, "web-01", "web-02")
+	total := func(s string) float64 { return e.metric(`nixfleet_rollouts_total{status="` + s + `"}`) }
+	active := func() float64 { return e.metric("nixfleet_rollouts_active") }
+	for _, s := range []string{"paused", "completed", "failed", "cancelled"} {
+		if got := total(s); got != 0 {
+			t.Fatalf("rollouts_total %s = %v on a fresh server", s, got)
 		}
 	}
-	var evs []map[string]json.RawMessage
-	json.Unmarshal(raw["events"], &evs)
-	if len(evs) < 2 {
-		t.Fatalf("events %s", raw["events"])
+	if active() != 0 {
+		t.Fatal("rollouts_active not 0")
 	}
-	var lastID int64
-	for _, ev := range evs {
-		var id int64
-		json.Unmarshal(ev["id"], &id)
-		if id <= lastID || !bytes.HasPrefix(ev["detail"], []byte(`"{`)) {
-			t.Fatalf("event id %d after %d, detail %s (must be a JSON string)", id, lastID, ev["detail"])
-		}
-		lastID = id
+	r1 := e.create(rtHostsRollout(rel, "all_at_once", "web-01")).RolloutID
+	r2 := e.create(rtHostsRollout(rel, "all_at_once", "web-02")).RolloutID
+	if got := active(); got != 2 {
+		t.Fatalf("active %v after two creates", got)
 	}
-	var batches []map[string]json.RawMessage
-	json.Unmarshal(raw["batches"], &batches)
-	for _, k := range []string{"id", "batch_index", "machine_ids", "status", "machine_health", "started_at", "completed_at", "soak_started_at"} {
-		if _, ok := batches[0][k]; !ok {
-			t.Fatalf("batch lacks %s: %v", k, batches[0])
-		}
+	e.advance(time.Second)
+	expect(t, e.action(r1, "pause", nil), 200, "")
+	if d := e.detail(r1); d.UpdatedAt != e.nowStr() || d.Status != "paused" {
+		t.Fatalf("pause: updated_at %s (want %s), status %s", d.UpdatedAt, e.nowStr(), d.Status)
 	}
-	for _, k := range []string{"id", "status", "strategy", "release_id", "on_failure", "failure_threshold", "health_timeout",
-		"soak_seconds", "cache_url", "batch_sizes", "target", "batches", "created_at", "updated_at", "created_by", "events"} {
-		if _, ok := raw[k]; !ok {
-			t.Fatalf("detail lacks %s", k)
-		}
+	if active() != 2 || total("paused") != 1 {
+		t.Fatalf("after pause: active %v paused %v", active(), total("paused"))
 	}
-}
-
-// TestRolloutWakeUpACC86 checks that, with --executor-interval 1m, a passing
-// health report after "deployed" makes the batch succeed through the
-// executor's wake-up (§9.3), long before the timer could fire.
-func TestRolloutWakeUpACC86(t *testing.T) {
-	a := rtNewAPI(t, "--executor-interval", "1m")
-	rtRegister(t, a.c, a.url, a.A, "web-01", "web-02")
-	rel := rtRelease(t, a.c, a.url, a.D, nil, rtRelPath, "web-01", "web-02")
-	body := rtHostsRollout(rel, "staged", "web-01", "web-02")
-	body["batch_sizes"] = []string{"1", "100%"}
-	start := time.Now()
-	cr := rtCreate(t, a.c, a.url, a.D, body)
-	rid := cr.RolloutID
-	for i, b := range cr.Batches {
-		m := b.MachineIDs[0]
-		// The creation (or the previous batch's success) woke the executor.
-		rtWaitFor(t, 5*time.Second, m+" to get its desired generation", func() bool {
-			status, _ := rtDesired(t, a.c, a.url, m)
-			return status == 200
-		})
-		rtReport(t, a.c, a.url, reportBody(m, rtRelPath(m), true, "deployed"))
-		if d := rtDetail(t, a.c, a.url, a.A, rid); d.Batches[i].Status == "succeeded" {
-			t.Fatal("a deployed report alone made the batch succeed")
-		}
-		rtReport(t, a.c, a.url, healthBody(m, rtRelPath(m)))
-		a.waitBatch(t, rid, i, "succeeded")
+	e.advance(time.Second)
+	expect(t, e.action(r1, "resume", nil), 200, "")
+	if d := e.detail(r1); d.UpdatedAt != e.nowStr() {
+		t.Fatalf("resume: updated_at %s, want %s", d.UpdatedAt, e.nowStr())
 	}
-	a.waitStatus(t, rid, "completed")
-	if elapsed := time.Since(start); elapsed >= 50*time.Second {
-		t.Fatalf("the rollout took %v: the 1m timer, not the wake-up, drove it", elapsed)
+	e.advance(time.Second)
+	expect(t, e.action(r2, "cancel", map[string]any{}), 200, "")
+	if d := e.detail(r2); d.UpdatedAt != e.nowStr() {
+		t.Fatalf("cancel: updated_at %s, want %s", d.UpdatedAt, e.nowStr())
 	}
-}
-
-// TestRolloutResumeIgnoresOldEvidenceACC96 checks that after a resume with no
-// new reports the rollout is still running several executor passes later.
-func TestRolloutResumeIgnoresOldEvidenceACC96(t *testing.T) {
-	a := rtNewAPI(t)
-	rtRegister(t, a.c, a.url, a.A, "web-01")
-	rel := rtRelease(t, a.c, a.url, a.D, nil, rtRelPath, "web-01")
-	rid := rtCreate(t, a.c, a.url, a.D, rtHostsRollout(rel, "all_at_once", "web-01")).RolloutID
-	a.waitBatch(t, rid, 0, "waiting_health")
-	rtReport(t, a.c, a.url, reportBody("web-01", rtOldPath("web-01"), false, "rolled back: boom"))
-	d := a.waitStatus(t, rid, "paused")
-	if got := rtMachineHealth(t, d, "web-01"); got != "unhealthy:reported failure: rolled back: boom" {
-		t.Fatalf("web-01 %s", got)
+	if active() != 1 || total("cancelled") != 1 {
+		t.Fatalf("after cancel: active %v cancelled %v", active(), total("cancelled"))
 	}
-	time.Sleep(5 * time.Millisecond) // the resume must come at a later millisecond than the report
-	expect(t, a.post(t, "/api/v1/rollouts/"+rid+"/resume", a.D, nil), 200, "")
-	ticks := metricValue(t, a.c, a.url, "nixfleet_executor_ticks_total")
-	rtWaitFor(t, 10*time.Second, "three more executor passes", func() bool {
-		return metricValue(t, a.c, a.url, "nixfleet_executor_ticks_total") >= ticks+3
+	expect(t, e.action(r1, "pause", nil), 200, "")
+	expect(t, e.action(r1, "cancel", map[string]any{"revert": false}), 200, "")
+	if active() != 0 || total("cancelled") != 2 || total("paused") != 2 {
+		t.Fatalf("after pause+cancel: active %v cancelled %v paused %v", active(), total("cancelled"), total("paused"))
+	}
+	rtWantStrings(t, "events", rtEvents(t, e.detail(r1)), []string{
+		`status_change|apikey:deployer|{"from":"created","to":"running","strategy":"all_at_once"}`,
+		`status_change|apikey:deployer|{"from":"running","to":"paused","reason":"manual"}`,
+		`status_change|apikey:deployer|{"from":"paused","to":"running"}`,
+		`status_change|apikey:deployer|{"from":"running","to":"paused","reason":"manual"}`,
+		`status_change|apikey:deployer|{"from":"paused","to":"cancelled"}`,
 	})
-	d = rtDetail(t, a.c, a.url, a.A, rid)
-	if d.Status != "running" || d.Batches[0].Status != "waiting_health" || rtMachineHealth(t, d, "web-01") != "pending" {
-		t.Fatalf("after resume: %s %s %s", d.Status, d.Batches[0].Status, rtMachineHealth(t, d, "web-01"))
+	rtWantStrings(t, "audit", rtAudit(t, e.c, e.url, e.admin, "?target="+r1), []string{
+		fmt.Sprintf("rollout.created|apikey:deployer|%s|strategy=all_at_once machines=1 batches=1 skipped=0", r1),
+		fmt.Sprintf("rollout.paused|apikey:deployer|%s|Paused by operator", r1),
+		fmt.Sprintf("rollout.resumed|apikey:deployer|%s|<nil>", r1),
+		fmt.Sprintf("rollout.paused|apikey:deployer|%s|Paused by operator", r1),
+		fmt.Sprintf("rollout.cancelled|apikey:deployer|%s|<nil>", r1),
+	})
+	expect(t, do(t, e.c, "DELETE", e.url+"/api/v1/rollouts/"+r1, e.admin, nil), 204, "")
+	if active() != 0 {
+		t.Fatal("active changed by delete")
 	}
-	rtReport(t, a.c, a.url, healthBody("web-01", rtRelPath("web-01")))
-	a.waitStatus(t, rid, "completed")
-}
-
-// TestRolloutSurvivesRestartACC98 stops the server mid-rollout and starts a
-// new one on the same database: the same rollout completes (§9.3 crash
-// safety, §12.1: nothing is cached between passes).
-func TestRolloutSurvivesRestartACC98(t *testing.T) {
-	db := filepath.Join(t.TempDir(), "state.db")
-	a := rtNewAPI(t, "--db-path", db)
-	ms := []string{"web-01", "web-02", "web-03"}
-	rtRegister(t, a.c, a.url, a.A, ms...)
-	rel := rtRelease(t, a.c, a.url, a.D, nil, rtRelPath, ms...)
-	body := rtHostsRollout(rel, "staged", ms...)
-	body["batch_sizes"] = []string{"1", "100%"}
-	cr := rtCreate(t, a.c, a.url, a.D, body)
-	rid := cr.RolloutID
-	canary := cr.Batches[0].MachineIDs[0]
-	a.waitBatch(t, rid, 0, "waiting_health")
-	rtReport(t, a.c, a.url, healthBody(canary, rtRelPath(canary)))
-	a.waitBatch(t, rid, 1, "waiting_health")
-	if err := a.rs.stop(t); err != nil {
-		t.Fatal(err)
+	rows := rtAudit(t, e.c, e.url, e.admin, "?target="+r1)
+	if got := rows[len(rows)-1]; got != fmt.Sprintf("rollout.deleted|apikey:first-admin|%s|<nil>", r1) || len(rows) != 6 {
+		t.Fatalf("audit after delete: %v", rows)
 	}
-
-	rs2 := startRun(t, nil, "--db-path", db, "--executor-interval", "100ms")
-	a.rs, a.url = rs2, rs2.url
-	d := rtDetail(t, a.c, a.url, a.A, rid)
-	if d.Status != "running" || d.Batches[0].Status != "succeeded" || d.Batches[1].Status != "waiting_health" {
-		t.Fatalf("after restart: %s %v", d.Status, rtBatchStatuses(d))
-	}
-	if got := metricValue(t, a.c, a.url, "nixfleet_rollouts_active"); got != 1 {
-		t.Fatalf("rollouts_active %v after restart", got)
-	}
-	for _, m := range cr.Batches[1].MachineIDs { // the poll-hint set was rebuilt
-		rtWantDesired(t, a.c, a.url, m, rtRelPath(m), "null", "5")
-	}
-	for _, m := range cr.Batches[1].MachineIDs {
-		rtReport(t, a.c, a.url, healthBody(m, rtRelPath(m)))
-	}
-	d = a.waitStatus(t, rid, "completed")
-	if n := strings.Count(strings.Join(rtEvents(t, d), "\n"), "batch_started|"); n != 2 {
-		t.Fatalf("%d batch_started events, want 2", n)
+	// The executor sees no rollout and does nothing.
+	e.pass()
+	if n := e.ts.m.executorTicks.Load(); n == 0 {
+		t.Fatal("pass not counted in executor ticks")
 	}
 }

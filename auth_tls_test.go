@@ -1,8 +1,8 @@
 package main
 
-// Transport tests (SPEC §2.1, §2.2, §1.4 step 3): the three modes, the TLS
-// versions and ALPN offered, the startup errors for bad TLS material, and the
-// mTLS matrix of refusals (failed handshake versus 401/403).
+// Transport tests (auth.go, SPEC §2.1, §2.2, §1.4 step 3): the three modes,
+// the TLS versions and ALPN offered, the startup errors for bad TLS material,
+// and the mTLS matrix of refusals (failed handshake versus 401/403).
 
 import (
 	"bytes"
@@ -131,9 +131,14 @@ func TestTransportModes(t *testing.T) {
 				}
 			}
 
-			// The empty key table is announced, with the hardening hint (§3.3).
-			if !strings.Contains(logs, `msg="no API keys exist: POST /api/v1/keys/bootstrap is open"`) ||
-				!strings.Contains(logs, "bootstrap-token-file") {
+			// The empty key table is announced, with the hardening hint; in
+			// mTLS mode without --bootstrap-token-file or --bootstrap-cn,
+			// bootstrap is closed and the log says so (§3.3).
+			noKeys := `msg="no API keys exist: POST /api/v1/keys/bootstrap is open"`
+			if tc.mode == "mtls" {
+				noKeys = `msg="no API keys exist and bootstrap is closed: set --bootstrap-token-file or --bootstrap-cn, or create a key offline with keys create"`
+			}
+			if !strings.Contains(logs, noKeys) || !strings.Contains(logs, "bootstrap-token-file") {
 				t.Errorf("no-keys warning with the --bootstrap-token-file hint missing:\n%s", logs)
 			}
 
@@ -501,7 +506,7 @@ func TestMTLSMatrix(t *testing.T) {
 	if err := os.WriteFile(bundle, bundlePEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	rs := startRun(t, nil, "--tls-cert", pki.serverCert, "--tls-key", pki.serverKey, "--client-ca", bundle)
+	rs := startRun(t, nil, "--tls-cert", pki.serverCert, "--tls-key", pki.serverKey, "--client-ca", bundle, "--bootstrap-cn", "operator")
 	addr := tlsTestAddr(rs.url)
 	clientAuth := []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
 	oidCN := asn1.ObjectIdentifier{2, 5, 4, 3}
@@ -529,7 +534,6 @@ func TestMTLSMatrix(t *testing.T) {
 	// The admin key comes from bootstrap with the operator certificate.
 	op := tlsTestClient(clientCfg("operator", 0))
 	admin := bootstrapKey(t, op, rs.url)
-	reportsRejected := `nixfleet_reports_total{result="rejected"}`
 	cnMismatch := `nixfleet_auth_failures_total{reason="cn_mismatch"}`
 	rejectedBefore, cnBefore := metricValue(t, op, rs.url, reportsRejected), metricValue(t, op, rs.url, cnMismatch)
 

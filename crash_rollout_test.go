@@ -6,7 +6,6 @@ package main
 // either whole or not at all, and the rollout must still complete.
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -52,7 +51,11 @@ func rtStartAgents(url string, machines []string, current map[string]string) *rt
 			default:
 			}
 			a.sweep()
-			time.Sleep(20 * time.Millisecond)
+			select { // the agents' poll interval, as a real agent's timer: not a wait for a condition
+			case <-a.stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
 		}
 	}()
 	return a
@@ -65,18 +68,14 @@ func (a *rtAgents) halt() {
 	a.done.Wait()
 }
 
+// post sends one report and reports whether it was acknowledged.
 func (a *rtAgents) post(base, m string, body map[string]any) bool {
-	b, _ := json.Marshal(body)
-	resp, err := a.client.Post(base+"/api/v1/machines/"+m+"/report", "application/json", bytes.NewReader(b))
-	if err != nil {
+	status, _, err := tryDo(a.client, "POST", base+"/api/v1/machines/"+m+"/report", "", body)
+	if err != nil || status != 200 {
 		return false
 	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode == 200 {
-		a.reports.Add(1)
-	}
-	return resp.StatusCode == 200
+	a.reports.Add(1)
+	return true
 }
 
 func (a *rtAgents) sweep() {
@@ -176,6 +175,7 @@ func rtReadCrashState(t *testing.T, dbPath, rid string) rtCrashState {
 		must(rows.Scan(&m, &h))
 		st.desired[m] = h
 	}
+	must(rows.Err())
 	must(rows.Close())
 	rows, err = db.QueryContext(ctx, "SELECT event_type, detail FROM rollout_event WHERE rollout_id = ?", rid)
 	must(err)
@@ -191,6 +191,7 @@ func rtReadCrashState(t *testing.T, dbPath, rid string) rtCrashState {
 		}
 		st.events[typ]++
 	}
+	must(rows.Err())
 	must(rows.Close())
 	rows, err = db.QueryContext(ctx, "SELECT action FROM audit_event WHERE target = ? OR target LIKE ? || '-b%'", rid, rid)
 	must(err)
@@ -199,6 +200,7 @@ func rtReadCrashState(t *testing.T, dbPath, rid string) rtCrashState {
 		must(rows.Scan(&a))
 		st.audits[a]++
 	}
+	must(rows.Err())
 	must(rows.Close())
 	rows, err = db.QueryContext(ctx, `SELECT rm.machine_id FROM rollout_machine rm JOIN rollout r ON r.id = rm.rollout_id
 		WHERE r.status IN ('created', 'running', 'paused') GROUP BY rm.machine_id HAVING count(*) > 1`)
@@ -208,6 +210,7 @@ func rtReadCrashState(t *testing.T, dbPath, rid string) rtCrashState {
 		must(rows.Scan(&m))
 		st.doubleBooks = append(st.doubleBooks, m)
 	}
+	must(rows.Err())
 	must(rows.Close())
 	return st
 }
@@ -385,7 +388,7 @@ func TestRolloutCrashSafety(t *testing.T) {
 
 		crash(fmt.Sprintf("round %d, right after create", round))
 		// The executor deploys batch 0 once the server is back.
-		rtWaitFor(t, 10*time.Second, "batch 0 to deploy", func() bool { return detail().Batches[0].Status != "pending" })
+		waitFor(t, 10*time.Second, "batch 0 to deploy", func() bool { return detail().Batches[0].Status != "pending" })
 		crash(fmt.Sprintf("round %d, after batch 0 deployed", round))
 		expect(t, do(t, c, "POST", bs.url+"/api/v1/rollouts", dep, rtHostsRollout(rel, "canary", ms[0])), 409,
 			fmt.Sprintf("machine %s is in active rollout %s", ms[0], rid))
@@ -396,33 +399,43 @@ func TestRolloutCrashSafety(t *testing.T) {
 		restarted := time.Now()
 		delay := time.Duration(rng.IntN(150)) * time.Millisecond
 		for {
-			if time.Now().After(deadline) {
+			// Watch the rollout until it is no longer running or a kill is
+			// due: at a batch transition (half of the time), or delay after
+			// the last restart.
+			var d rolloutDetail
+			var stage string
+			watched := poll(time.Until(deadline), func() bool {
+				d = detail()
+				if d.Status != "running" {
+					return true
+				}
+				succeeded := 0
+				for _, b := range d.Batches {
+					if b.Status == "succeeded" {
+						succeeded++
+					}
+				}
+				switch {
+				case succeeded > lastSucceeded && rng.IntN(2) == 0:
+					stage = fmt.Sprintf("round %d, at the transition after batch %d succeeded", round, succeeded-1)
+				case time.Since(restarted) > delay:
+					stage = fmt.Sprintf("round %d, %v after a restart, while agents report", round, delay)
+				default:
+					return false
+				}
+				lastSucceeded = succeeded
+				return true
+			})
+			if !watched {
 				t.Fatalf("round %d: rollout did not complete after %d kills: %v", round, kills, rtBatchStatuses(detail()))
 			}
-			d := detail()
 			if d.Status == "completed" {
 				break
 			}
 			if d.Status != "running" {
 				t.Fatalf("rollout %s", d.Status)
 			}
-			succeeded := 0
-			for _, b := range d.Batches {
-				if b.Status == "succeeded" {
-					succeeded++
-				}
-			}
-			switch {
-			case succeeded > lastSucceeded && rng.IntN(2) == 0:
-				lastSucceeded = succeeded
-				crash(fmt.Sprintf("round %d, at the transition after batch %d succeeded", round, succeeded-1))
-			case time.Since(restarted) > delay:
-				lastSucceeded = succeeded
-				crash(fmt.Sprintf("round %d, %v after a restart, while agents report", round, delay))
-			default:
-				time.Sleep(2 * time.Millisecond)
-				continue
-			}
+			crash(stage)
 			restarted = time.Now()
 			delay = time.Duration(rng.IntN(150)) * time.Millisecond
 		}
