@@ -207,7 +207,9 @@ func (cp *controlPlane) desiredGeneration(id string) (desiredGeneration, error) 
 }
 
 // applyReport is the processing of one report (§6.3), inside the group
-// commit's transaction (under its own savepoint).
+// commit's transaction. The report's rows and the machine's new latest
+// values are queued for the group's multi-row statements (insertReport).
+// A refusal (errDecommissioned) is returned before anything is written.
 func applyReport(t *txn, id string, req *reportRequest) error {
 	actor := "machine:" + id
 	m := t.machine(id)
@@ -234,9 +236,7 @@ func applyReport(t *txn, id string, req *reportRequest) error {
 		detail = strings.Join(changes, "; ")
 	}
 
-	if err := t.insertReport(id, req); err != nil {
-		return err
-	}
+	t.insertReport(id, req)
 	reportWindow, tagsWindow := m.ReportAudit, m.TagsAudit
 	if detail != "" {
 		if err := auditBounded(t, &reportWindow, actor, "report", id, detail); err != nil {
@@ -262,9 +262,6 @@ func applyReport(t *txn, id string, req *reportRequest) error {
 		if err := auditBounded(t, &tagsWindow, actor, "tags.update", id, tagsChange(old, req.tags)); err != nil {
 			return err
 		}
-	}
-	if err := t.updateMachineReport(id, req); err != nil {
-		return err
 	}
 	rec := m.clone()
 	rec.CurrentGen = *req.CurrentGeneration

@@ -50,6 +50,9 @@ type store struct {
 	fleet   *fleet
 	reports *reportQueue
 	stmts   writerStmts
+	// lastReportID is the highest report id; the writer assigns the next ones.
+	lastReportID int64
+	rowStmts     map[rowStmtKey]*sql.Stmt // multi-row statements by shape and row count
 
 	// wakeExecutor is called after a commit that gives the rollout executor
 	// work: a report from a watched machine, a rollout created or resumed.
@@ -247,6 +250,9 @@ func (s *store) closePools() {
 			st.Close()
 		}
 	}
+	for _, st := range s.rowStmts {
+		st.Close()
+	}
 	for _, c := range []*sql.Conn{s.ckpt, s.conn} {
 		if c != nil {
 			c.Close()
@@ -356,20 +362,16 @@ type txn struct {
 	s        *store
 	now      int64 // Unix milliseconds, one value per transaction
 	machines map[string]*machineRec
-	undo     []undoEntry
-	before   []keyedHook // run last, before COMMIT
-	after    []func()
-	audits   []string // actions of the audit rows written, for the metric
+	// reportRows are the report rows queued for the multi-row statements.
+	reportRows *reportRows
+	before     []keyedHook // run last, before COMMIT
+	after      []func()
+	audits     []string // actions of the audit rows written, for the metric
 }
 
 type keyedHook struct {
 	key string
 	f   func() error
-}
-
-type undoEntry struct {
-	id  string
-	old *machineRec // nil: the id was not in the overlay
 }
 
 func (t *txn) exec(query string, args ...any) (sql.Result, error) {
@@ -465,38 +467,6 @@ func (t *txn) beforeCommit(key string, f func() error) {
 		}
 	}
 	t.before = append(t.before, keyedHook{key, f})
-}
-
-// savepoint runs fn under its own SAVEPOINT. If fn fails, its statements and
-// its changes to the transaction's overlay and hooks are undone, the rest of
-// the transaction is kept, and fn's error is returned.
-func (t *txn) savepoint(fn func() error) error {
-	undo, before, after, audits := len(t.undo), len(t.before), len(t.after), len(t.audits)
-	if _, err := t.s.stmts.savepoint.ExecContext(t.ctx); err != nil {
-		return fmt.Errorf("savepoint: %w", err)
-	}
-	if err := fn(); err != nil {
-		if _, rerr := t.s.stmts.rollbackTo.ExecContext(context.Background()); rerr != nil {
-			return fmt.Errorf("rollback to savepoint: %w (after %v)", rerr, err)
-		}
-		if _, rerr := t.s.stmts.release.ExecContext(context.Background()); rerr != nil {
-			return fmt.Errorf("release savepoint: %w (after %v)", rerr, err)
-		}
-		for i := len(t.undo) - 1; i >= undo; i-- {
-			u := t.undo[i]
-			if u.old == nil {
-				delete(t.machines, u.id)
-			} else {
-				t.machines[u.id] = u.old
-			}
-		}
-		t.undo, t.before, t.after, t.audits = t.undo[:undo], t.before[:before], t.after[:after], t.audits[:audits]
-		return err
-	}
-	if _, err := t.s.stmts.release.ExecContext(t.ctx); err != nil {
-		return fmt.Errorf("release savepoint: %w", err)
-	}
-	return nil
 }
 
 // nullStr converts a nullable column to *string.

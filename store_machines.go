@@ -21,7 +21,6 @@ func (t *txn) machine(id string) *machineRec {
 
 // stage records rec as the transaction's new version of the machine.
 func (t *txn) stage(rec *machineRec) {
-	t.undo = append(t.undo, undoEntry{id: rec.ID, old: t.machines[rec.ID]})
 	t.machines[rec.ID] = rec
 }
 

@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 )
 
@@ -84,30 +86,29 @@ func (s *store) runReportWriter(log *slog.Logger) {
 	}
 }
 
-// commitReports commits one group and answers its waiters. A panic while
-// applying a report fails the group (write has rolled it back) instead of
-// stopping the writer, which would leave every later report unanswered.
+// commitReports commits one group in one transaction and answers its
+// waiters. applyReport decides each report in memory and queues its rows;
+// the rows of the whole group are then written by a constant number of
+// multi-row statements just before COMMIT (see reportRows). A report that is
+// refused (a decommissioned machine) writes nothing and does not affect the
+// others. If the group transaction fails for any other reason, each report is
+// retried in a transaction of its own, so one bad report cannot fail the
+// reports committed beside it. A panic while applying a report fails the
+// group (write has rolled it back) instead of stopping the writer, which
+// would leave every later report unanswered.
 func (s *store) commitReports(batch []*reportJob, log *slog.Logger) {
 	results := make([]error, len(batch))
-	err := func() (err error) {
-		defer func() {
-			if v := recover(); v != nil {
-				log.Error("internal error", "method", "POST", "path", "/api/v1/machines/{id}/report", "err", fmt.Sprintf("panic: %v", v))
-				err = fmt.Errorf("report writer panic: %v", v)
+	if err := s.applyGroup(batch, results, log); err != nil {
+		for i := range batch {
+			if len(batch) == 1 {
+				results[i] = err
+			} else if err := s.applyGroup(batch[i:i+1], results[i:i+1], log); err != nil {
+				results[i] = err
 			}
-		}()
-		return s.write(context.Background(), func(t *txn) error {
-			for i, j := range batch {
-				results[i] = t.savepoint(func() error { return applyReport(t, j.id, j.req) })
-			}
-			return nil
-		})
-	}()
+		}
+	}
 	n := 0
 	for i, j := range batch {
-		if err != nil {
-			results[i] = err
-		}
 		if results[i] == nil {
 			n++
 		}
@@ -118,79 +119,193 @@ func (s *store) commitReports(batch []*reportJob, log *slog.Logger) {
 	}
 }
 
-// writerStmts are the statements of the report hot path, prepared once on
-// the writer connection.
+// applyGroup runs applyReport for every job in one transaction, setting
+// results[i] to a refusal or nil; it returns an error (and commits nothing)
+// if anything else failed.
+func (s *store) applyGroup(batch []*reportJob, results []error, log *slog.Logger) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			log.Error("internal error", "method", "POST", "path", "/api/v1/machines/{id}/report", "err", fmt.Sprintf("panic: %v", v))
+			err = fmt.Errorf("report writer panic: %v", v)
+		}
+	}()
+	return s.write(context.Background(), func(t *txn) error {
+		for i, j := range batch {
+			results[i] = applyReport(t, j.id, j.req)
+			if results[i] != nil && !errors.Is(results[i], errDecommissioned) {
+				return results[i]
+			}
+		}
+		return nil
+	})
+}
+
+// writerStmts are the statements prepared once on the writer connection
+// (the multi-row statements of the report path are in store.rowStmts).
 type writerStmts struct {
 	insertMachine *sql.Stmt
-	insertReport  *sql.Stmt
-	insertHealth  *sql.Stmt
-	updateMachine *sql.Stmt
-	savepoint     *sql.Stmt
-	release       *sql.Stmt
-	rollbackTo    *sql.Stmt
 }
 
 func (w *writerStmts) all() []*sql.Stmt {
-	return []*sql.Stmt{w.insertMachine, w.insertReport, w.insertHealth, w.updateMachine, w.savepoint, w.release, w.rollbackTo}
+	return []*sql.Stmt{w.insertMachine}
 }
 
 func (s *store) prepare(ctx context.Context) error {
-	var err error
-	prep := func(q string) *sql.Stmt {
-		if err != nil {
-			return nil
-		}
-		var st *sql.Stmt
-		st, err = s.conn.PrepareContext(ctx, q)
-		return st
-	}
-	s.stmts = writerStmts{
-		insertMachine: prep("INSERT INTO machine (machine_id, lifecycle, registered_at) VALUES (?, ?, ?)"),
-		insertReport: prep(`INSERT INTO report (machine_id, generation, success, message, agent_ts, received_at,
-			agent_version, uptime_seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`),
-		insertHealth: prep(`INSERT INTO health_report (report_id, machine_id, generation, all_passed, results,
-			failed_checks, measured_at, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`),
-		updateMachine: prep(`UPDATE machine SET current_generation = ?, last_success = ?, last_seen = ?,
-			last_report_agent_ts = ?, agent_version = ?, uptime_seconds = ? WHERE machine_id = ?`),
-		savepoint:  prep("SAVEPOINT sp"),
-		release:    prep("RELEASE sp"),
-		rollbackTo: prep("ROLLBACK TO sp"),
-	}
+	st, err := s.conn.PrepareContext(ctx, "INSERT INTO machine (machine_id, lifecycle, registered_at) VALUES (?, ?, ?)")
 	if err != nil {
 		return fmt.Errorf("prepare statements: %w", err)
 	}
-	return nil
-}
-
-// insertReport stores one report and, if it carries one, its health report.
-func (t *txn) insertReport(id string, req *reportRequest) error {
-	res, err := t.s.stmts.insertReport.ExecContext(t.ctx, id, *req.CurrentGeneration,
-		*req.Success, *req.Message, req.agentTS, t.now, *req.AgentVersion, *req.UptimeSeconds)
-	if err != nil {
-		return fmt.Errorf("insert report: %w", err)
-	}
-	h := req.Health
-	if h == nil {
-		return nil
-	}
-	reportID, err := res.LastInsertId()
-	if err != nil {
-		return fmt.Errorf("insert report: %w", err)
-	}
-	if _, err := t.s.stmts.insertHealth.ExecContext(t.ctx, reportID, id,
-		*req.CurrentGeneration, *h.AllPassed, h.resultsJSON, h.failedChecks, h.measuredAt, t.now); err != nil {
-		return fmt.Errorf("insert health report: %w", err)
+	s.stmts = writerStmts{insertMachine: st}
+	if s.lastReportID, err = (dbq{ctx, s.conn}).maxReportID(); err != nil {
+		return err
 	}
 	return nil
 }
 
-// updateMachineReport records the report's values as the machine's latest.
-func (t *txn) updateMachineReport(id string, req *reportRequest) error {
-	if _, err := t.s.stmts.updateMachine.ExecContext(t.ctx, *req.CurrentGeneration,
-		*req.Success, t.now, req.agentTS, *req.AgentVersion, *req.UptimeSeconds, id); err != nil {
-		return fmt.Errorf("update machine: %w", err)
+// reportRows are the rows a group commit appends: reports, health reports
+// and the machines' latest values (the last report of a machine in the
+// group wins). They are written just before COMMIT with one statement per
+// table and per chunk of rows, instead of four statements per report.
+type reportRows struct {
+	reports []reportRow
+	latest  map[string]int // machine id -> index in reports of its latest report
+}
+
+type reportRow struct {
+	id      int64
+	machine string
+	req     *reportRequest
+}
+
+// insertReport queues one report and, if it carries one, its health report.
+// Report ids are assigned here, in arrival order: the store is the only
+// writer of the table and keeps the highest id in memory.
+func (t *txn) insertReport(id string, req *reportRequest) {
+	rows := t.reportRows
+	if rows == nil {
+		rows = &reportRows{latest: map[string]int{}}
+		t.reportRows = rows
+		t.beforeCommit("reports", func() error { return t.writeReportRows(rows) })
+	}
+	rid := t.s.lastReportID + int64(len(rows.reports)) + 1
+	rows.latest[id] = len(rows.reports)
+	rows.reports = append(rows.reports, reportRow{id: rid, machine: id, req: req})
+}
+
+// writeReportRows writes the queued rows with multi-row statements.
+func (t *txn) writeReportRows(rows *reportRows) error {
+	var health, machines []reportRow
+	for i, r := range rows.reports {
+		if r.req.Health != nil {
+			health = append(health, r)
+		}
+		if rows.latest[r.machine] == i {
+			machines = append(machines, r)
+		}
+	}
+	if err := t.insertRows(reportInsert, rows.reports); err != nil {
+		return fmt.Errorf("insert reports: %w", err)
+	}
+	if err := t.insertRows(healthInsert, health); err != nil {
+		return fmt.Errorf("insert health reports: %w", err)
+	}
+	if err := t.insertRows(machineUpdate, machines); err != nil {
+		return fmt.Errorf("update machines: %w", err)
+	}
+	last := rows.reports[len(rows.reports)-1].id
+	t.afterCommit(func() { t.s.lastReportID = last })
+	return nil
+}
+
+// A rowStatement is a statement over a VALUES list of rows of the same shape.
+type rowStatement struct {
+	head, tail string // before and after the VALUES list
+	width      int    // values per row
+	values     func(t *txn, r reportRow, args []any) []any
+}
+
+var (
+	reportInsert = &rowStatement{
+		head: `INSERT INTO report (id, machine_id, generation, success, message, agent_ts, received_at,
+			agent_version, uptime_seconds) VALUES `,
+		width: 9,
+		values: func(t *txn, r reportRow, a []any) []any {
+			q := r.req
+			return append(a, r.id, r.machine, *q.CurrentGeneration, *q.Success, *q.Message, q.agentTS, t.now,
+				*q.AgentVersion, *q.UptimeSeconds)
+		},
+	}
+	healthInsert = &rowStatement{
+		head: `INSERT INTO health_report (report_id, machine_id, generation, all_passed, results,
+			failed_checks, measured_at, received_at) VALUES `,
+		width: 8,
+		values: func(t *txn, r reportRow, a []any) []any {
+			h := r.req.Health
+			return append(a, r.id, r.machine, *r.req.CurrentGeneration, *h.AllPassed, h.resultsJSON,
+				h.failedChecks, h.measuredAt, t.now)
+		},
+	}
+	// UPDATE ... FROM (VALUES ...) names the columns column1, column2...
+	machineUpdate = &rowStatement{
+		head: `UPDATE machine SET current_generation = v.column2, last_success = v.column3, last_seen = v.column4,
+			last_report_agent_ts = v.column5, agent_version = v.column6, uptime_seconds = v.column7 FROM (VALUES `,
+		tail:  `) AS v WHERE machine.machine_id = v.column1`,
+		width: 7,
+		values: func(t *txn, r reportRow, a []any) []any {
+			q := r.req
+			return append(a, r.machine, *q.CurrentGeneration, *q.Success, t.now, q.agentTS, *q.AgentVersion, *q.UptimeSeconds)
+		},
+	}
+)
+
+// insertRows runs st over rows, in chunks of at most rowChunk rows. The
+// statement for each chunk size is prepared once on the writer connection.
+func (t *txn) insertRows(st *rowStatement, rows []reportRow) error {
+	args := make([]any, 0, min(len(rows), rowChunk)*st.width)
+	for len(rows) > 0 {
+		n := min(len(rows), rowChunk)
+		stmt, err := t.s.rowStmt(t.ctx, st, n)
+		if err != nil {
+			return err
+		}
+		args = args[:0]
+		for _, r := range rows[:n] {
+			args = st.values(t, r, args)
+		}
+		if _, err := stmt.ExecContext(t.ctx, args...); err != nil {
+			return err
+		}
+		rows = rows[n:]
 	}
 	return nil
+}
+
+// rowChunk is the most rows in one statement; with 9 values per row it stays
+// far below SQLite's limit on bound parameters (32766).
+const rowChunk = 128
+
+// rowStmt returns the statement st for n rows, preparing it on first use.
+func (s *store) rowStmt(ctx context.Context, st *rowStatement, n int) (*sql.Stmt, error) {
+	key := rowStmtKey{st, n}
+	if stmt := s.rowStmts[key]; stmt != nil {
+		return stmt, nil
+	}
+	row := "(" + strings.Repeat("?, ", st.width-1) + "?)"
+	q := st.head + strings.Repeat(row+", ", n-1) + row + st.tail
+	stmt, err := s.conn.PrepareContext(ctx, q)
+	if err != nil {
+		return nil, fmt.Errorf("prepare: %w", err)
+	}
+	if s.rowStmts == nil {
+		s.rowStmts = map[rowStmtKey]*sql.Stmt{}
+	}
+	s.rowStmts[key] = stmt
+	return stmt, nil
+}
+
+type rowStmtKey struct {
+	st *rowStatement
+	n  int
 }
 
 // Retention queries (§12.6). Candidates are found machine by machine on the
