@@ -16,6 +16,7 @@ const (
 	healthRetention = 24 * time.Hour
 	keepReports     = 100 // the newest reports of each machine always stay
 	retentionChunk  = 1000
+	clockSlack      = time.Hour
 )
 
 // retention is the retention job.
@@ -55,9 +56,7 @@ func (r *retention) prune(ctx context.Context) (health, reports int64, err error
 	slices.Sort(ids)
 	now := r.st.now()
 	healthCutoff := now.Add(-healthRetention).UnixMilli()
-	health, err = pruneChunks(ctx, ids, func(m string) ([]int64, error) {
-		return r.st.expiredHealthIDs(ctx, m, healthCutoff)
-	}, r.st.deleteHealthReports)
+	health, err = r.pruneHealth(ctx, healthCutoff)
 	if err != nil {
 		return health, 0, err
 	}
@@ -66,6 +65,58 @@ func (r *retention) prune(ctx context.Context) (health, reports int64, err error
 		return r.st.expiredReportIDs(ctx, m, reportCutoff, keepReports)
 	}, r.st.deleteReports)
 	return health, reports, err
+}
+
+// pruneHealth deletes the health reports received before cutoff, except each
+// machine's newest. It pages through the health reports in arrival (id)
+// order up to the first one received clockSlack after cutoff (arrival order
+// and receive times agree unless the clock steps back; a row received
+// earlier than one before it is then pruned by a later pass), so its cost follows
+// the rows it looks at (the expired ones, and one kept row per machine that
+// has gone quiet), not the size of the table; a machine's newest health
+// report is looked up once per pass. A row found deletable stays so whatever
+// is ingested meanwhile.
+func (r *retention) pruneHealth(ctx context.Context, cutoff int64) (int64, error) {
+	newest := map[string]int64{}
+	var total, after int64
+	for {
+		page, err := r.st.healthAfter(ctx, after, retentionChunk)
+		if err != nil {
+			return total, err
+		}
+		var ids []int64
+		done := len(page) < retentionChunk
+		for _, h := range page {
+			if h.receivedAt >= cutoff+clockSlack.Milliseconds() {
+				done = true
+				break
+			}
+			if h.receivedAt >= cutoff {
+				after = h.id
+				continue
+			}
+			n, ok := newest[h.machine]
+			if !ok {
+				if n, err = r.st.newestHealthID(ctx, h.machine); err != nil {
+					return total, err
+				}
+				newest[h.machine] = n
+			}
+			if h.id != n {
+				ids = append(ids, h.id)
+			}
+			after = h.id
+		}
+		if len(ids) > 0 {
+			if err := r.st.deleteHealthReports(ctx, ids); err != nil {
+				return total, err
+			}
+			total += int64(len(ids))
+		}
+		if done {
+			return total, nil
+		}
+	}
 }
 
 // pruneChunks collects, machine by machine, the ids that expired finds and

@@ -30,7 +30,13 @@ var schemaSQL string
 // migrations are applied in order; migrations[i] brings the schema from
 // user_version i to i+1. The first release ships one: the whole schema.
 // The schema is released: every change is a new entry here, never an edit.
-var migrations = []string{schemaSQL}
+var migrations = []string{
+	schemaSQL,
+	// Health reports no longer carry their own (machine_id, received_at)
+	// index: each insert touched a random leaf of it. Retention finds a
+	// machine's newest health report through the report index instead.
+	`DROP INDEX health_report_machine_received;`,
+}
 
 // store owns the database. Writes go through one connection and are
 // serialised by mu, which is held from BEGIN IMMEDIATE until the derived

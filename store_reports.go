@@ -308,26 +308,53 @@ type rowStmtKey struct {
 	n  int
 }
 
-// Retention queries (§12.6). Candidates are found machine by machine on the
-// read pool, through the (machine_id, received_at) indexes that ingestion
+// Retention queries (§12.6). Candidates are found on the read pool, through
+// the rowid and the report (machine_id, received_at) index that the executor
 // needs anyway, so that retention adds no index to the report hot path and
 // never holds the writer while it searches.
 
-// expiredHealthIDs returns the ids of the machine's health reports received
-// before cutoff, except its newest one.
-func (s *store) expiredHealthIDs(ctx context.Context, machine string, cutoff int64) ([]int64, error) {
-	return queryAll(dbq{ctx, s.ro}, "select expired health reports", scanInt64, `SELECT id FROM health_report
+// healthRow is a health report as retention sees it.
+type healthRow struct {
+	id, receivedAt int64
+	machine        string
+}
+
+// Retention queries, named so that TestRetentionQueryPlans can check that
+// each reads through the rowid or an index.
+const (
+	// healthAfterQuery pages through the health reports in id (arrival) order.
+	healthAfterQuery = `SELECT id, machine_id, received_at FROM health_report WHERE id > ? ORDER BY id LIMIT ?`
+	// newestHealthQuery finds a machine's newest health report through the
+	// report index, newest report first.
+	newestHealthQuery = `SELECT h.id FROM report r JOIN health_report h ON h.report_id = r.id
+		WHERE r.machine_id = ? ORDER BY r.received_at DESC, r.id DESC LIMIT 1`
+	expiredReportsQuery = `SELECT id FROM report
 		WHERE machine_id = ?1 AND received_at < ?2
-		AND id <> (SELECT id FROM health_report WHERE machine_id = ?1 ORDER BY received_at DESC, id DESC LIMIT 1)`, machine, cutoff)
+		AND (received_at, id) < (SELECT received_at, id FROM report WHERE machine_id = ?1
+			ORDER BY received_at DESC, id DESC LIMIT 1 OFFSET ?3)`
+)
+
+// healthAfter returns up to limit health reports with ids above after, in
+// id order.
+func (s *store) healthAfter(ctx context.Context, after int64, limit int) ([]healthRow, error) {
+	return queryAll(dbq{ctx, s.ro}, "select health reports", func(row scanner) (healthRow, error) {
+		var h healthRow
+		err := row.Scan(&h.id, &h.machine, &h.receivedAt)
+		return h, err
+	}, healthAfterQuery, after, limit)
+}
+
+// newestHealthID returns the id of the machine's newest health report (0:
+// none).
+func (s *store) newestHealthID(ctx context.Context, machine string) (int64, error) {
+	id, _, err := queryOne(dbq{ctx, s.ro}, "select newest health report", scanInt64, newestHealthQuery, machine)
+	return id, err
 }
 
 // expiredReportIDs returns the ids of the machine's reports received before
 // cutoff, except its newest keep reports.
 func (s *store) expiredReportIDs(ctx context.Context, machine string, cutoff int64, keep int) ([]int64, error) {
-	return queryAll(dbq{ctx, s.ro}, "select expired reports", scanInt64, `SELECT id FROM report
-		WHERE machine_id = ?1 AND received_at < ?2
-		AND (received_at, id) < (SELECT received_at, id FROM report WHERE machine_id = ?1
-			ORDER BY received_at DESC, id DESC LIMIT 1 OFFSET ?3)`, machine, cutoff, keep-1)
+	return queryAll(dbq{ctx, s.ro}, "select expired reports", scanInt64, expiredReportsQuery, machine, cutoff, keep-1)
 }
 
 // deleteHealthReports and deleteReports delete rows by id in one

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"testing"
 )
 
@@ -105,6 +106,43 @@ func TestGroupCommitRows(t *testing.T) {
 		}
 		if rec := ts.st.fleet.get(m.id); rec == nil || rec.CurrentGen != m.gen || int(rec.LastSuccess) != m.success {
 			t.Errorf("%s in memory: %+v, want generation %s success %d", m.id, rec, m.gen, m.success)
+		}
+	}
+}
+
+// The queries that read the report history go through the rowid or an
+// index, never a scan of a whole table (issue: append-only history). The
+// plans are printed with -v for BENCHMARKS.md.
+func TestReportQueryPlans(t *testing.T) {
+	ts := newTestServer(t, testServerOptions{})
+	for _, q := range []struct {
+		name  string
+		query string
+		args  []any
+	}{
+		{"retention: health reports in arrival order", healthAfterQuery, []any{0, 1000}},
+		{"retention: a machine's newest health report", newestHealthQuery, []any{"web-01"}},
+		{"retention: a machine's expired reports", expiredReportsQuery, []any{"web-01", 0, 99}},
+		{"executor: reports since the last pass", batchReportsQuery, []any{"r-1", 0, 0, 0}},
+		{"executor: reports of a new batch attempt", batchReportsInitialQuery, []any{0, "r-1", 0, 0}},
+	} {
+		rows, err := ts.st.ro.QueryContext(context.Background(), "EXPLAIN QUERY PLAN "+q.query, q.args...)
+		if err != nil {
+			t.Fatalf("%s: %v", q.name, err)
+		}
+		var plan []string
+		for rows.Next() {
+			var id, parent, unused int
+			var detail string
+			mustScan(t, rows, &id, &parent, &unused, &detail)
+			plan = append(plan, detail)
+		}
+		rows.Close()
+		t.Logf("%s:\n  %s", q.name, strings.Join(plan, "\n  "))
+		for _, step := range plan {
+			if strings.HasPrefix(step, "SCAN ") && !strings.Contains(step, "USING") {
+				t.Errorf("%s: full scan %q in plan %q", q.name, step, plan)
+			}
 		}
 	}
 }

@@ -351,28 +351,35 @@ func (d dbq) maxReportID() (int64, error) {
 	return id, nil
 }
 
-// batchReports calls fn, in arrival (id) order, for every report of the
-// machines of batch index of rollout rid received at or after since. With
-// initial (a new batch attempt) it reads the reports with ids up to upToID
-// through the (machine_id, received_at) index, machine by machine; otherwise
-// those with ids above afterID, through a range of the report ids (what
-// arrived since the last read).
-func (d dbq) batchReports(rid string, index int, since int64, initial bool, afterID, upToID int64, fn func(machine string, ev evidence)) error {
-	q, args := `SELECT r.machine_id, r.id, r.generation, r.success, r.message,
+// The executor's report queries (named for TestReportQueryPlans): what
+// arrived since the last read (ids above the last one read), and a new batch
+// attempt's reports; both read the batch's machines through the
+// (machine_id, received_at) index.
+const (
+	batchReportsQuery = `SELECT r.machine_id, r.id, r.generation, r.success, r.message,
 			h.all_passed IS NOT NULL, coalesce(h.all_passed, 0), coalesce(h.failed_checks, '')
 		FROM report r
 		JOIN rollout_machine rm ON rm.rollout_id = ? AND rm.machine_id = r.machine_id AND rm.batch_index = ?
 		LEFT JOIN health_report h ON h.report_id = r.id
 		WHERE r.id > ? AND r.received_at >= ?
-		ORDER BY r.id`, []any{rid, index, afterID, since}
+		ORDER BY r.id`
+	batchReportsInitialQuery = `SELECT r.machine_id, r.id, r.generation, r.success, r.message,
+			h.all_passed IS NOT NULL, coalesce(h.all_passed, 0), coalesce(h.failed_checks, '')
+		FROM rollout_machine rm
+		JOIN report r ON r.machine_id = rm.machine_id AND r.received_at >= ?
+		LEFT JOIN health_report h ON h.report_id = r.id
+		WHERE rm.rollout_id = ? AND rm.batch_index = ? AND r.id <= ?
+		ORDER BY r.id`
+)
+
+// batchReports calls fn, in arrival (id) order, for every report of the
+// machines of batch index of rollout rid received at or after since. With
+// initial (a new batch attempt) it reads the reports with ids up to upToID;
+// otherwise those with ids above afterID (what arrived since the last read).
+func (d dbq) batchReports(rid string, index int, since int64, initial bool, afterID, upToID int64, fn func(machine string, ev evidence)) error {
+	q, args := batchReportsQuery, []any{rid, index, afterID, since}
 	if initial {
-		q, args = `SELECT r.machine_id, r.id, r.generation, r.success, r.message,
-				h.all_passed IS NOT NULL, coalesce(h.all_passed, 0), coalesce(h.failed_checks, '')
-			FROM rollout_machine rm
-			JOIN report r ON r.machine_id = rm.machine_id AND r.received_at >= ?
-			LEFT JOIN health_report h ON h.report_id = r.id
-			WHERE rm.rollout_id = ? AND rm.batch_index = ? AND r.id <= ?
-			ORDER BY r.id`, []any{since, rid, index, upToID}
+		q, args = batchReportsInitialQuery, []any{since, rid, index, upToID}
 	}
 	_, err := queryAll(d, "load fresh reports", func(row scanner) (struct{}, error) {
 		var id string
