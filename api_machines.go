@@ -11,8 +11,10 @@ import (
 // after the report has been committed by the group-commit writer.
 func (s *server) report(w http.ResponseWriter, r *http.Request, _ *principal) error {
 	err := s.acceptReport(w, r)
-	if status, _ := errorStatus(err); err != nil && status < 500 {
-		s.m.reports.inc("rejected") // 400, 403, 413, 415 (§11)
+	if err != nil {
+		if status, _ := errorStatus(err); status < 500 {
+			s.m.reports.inc("rejected") // 400, 403, 413, 415 (§11)
+		}
 	}
 	return err
 }
