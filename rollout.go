@@ -265,9 +265,14 @@ func rolloutChanged(tx *txn, rid string) {
 		if err != nil {
 			return err
 		}
+		byStatus, err := tx.countRolloutsByStatus()
+		if err != nil {
+			return err
+		}
 		tx.afterCommit(func() {
 			tx.s.fleet.setMembership(rid, hint[rid], watching[rid])
 			tx.s.metrics.rolloutsActive.Store(active)
+			tx.s.metrics.storeRolloutsByStatus(byStatus)
 		})
 		return nil
 	})

@@ -301,6 +301,15 @@ func busyErr(err error) error {
 	return err
 }
 
+// busyErr is busyErr that also counts the refusal (nixfleet_db_busy_total).
+func (s *store) busyErr(err error) error {
+	err = busyErr(err)
+	if errors.Is(err, errBusy) {
+		s.metrics.dbBusy.Add(1)
+	}
+	return err
+}
+
 // queryer is what *sql.DB, *sql.Tx and *sql.Conn offer for reads.
 type queryer interface {
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
@@ -387,7 +396,7 @@ func (s *store) write(ctx context.Context, fn func(tx *txn) error) error {
 	defer s.mu.Unlock()
 	t, err := s.begin(ctx)
 	if err != nil {
-		return busyErr(err)
+		return s.busyErr(err)
 	}
 	returned := false
 	defer func() {
@@ -399,9 +408,9 @@ func (s *store) write(ctx context.Context, fn func(tx *txn) error) error {
 	returned = true
 	if err != nil {
 		t.rollback()
-		return busyErr(err)
+		return s.busyErr(err)
 	}
-	return busyErr(t.commit())
+	return s.busyErr(t.commit())
 }
 
 // begin starts a write transaction; the caller holds s.mu.
