@@ -160,7 +160,8 @@ func metVal(t testing.TB, base, series string) float64 {
 	return max(metricValue(t, metClient, base, series), 0)
 }
 
-// metFamilies is every family of §11 (and of §6.5's flood bound) with its type.
+// metFamilies is every family of §11 (and of §6.5's flood bound, and of
+// issue 17's stale, drift and rollout-status gauges and busy counter) with its type.
 var metFamilies = map[string]string{
 	"nixfleet_http_requests_total":                 "counter",
 	"nixfleet_http_request_duration_seconds":       "histogram",
@@ -178,6 +179,10 @@ var metFamilies = map[string]string{
 	"nixfleet_db_commit_duration_seconds":          "histogram",
 	"nixfleet_report_group_commit_size":            "histogram",
 	"nixfleet_build_info":                          "gauge",
+	"nixfleet_machines_stale":                      "gauge",
+	"nixfleet_machines_drifted":                    "gauge",
+	"nixfleet_rollouts_by_status":                  "gauge",
+	"nixfleet_db_busy_total":                       "counter",
 }
 
 // TestMetricsStartup covers ACC-111 and §11's "from startup" rules on a
@@ -202,7 +207,7 @@ func TestMetricsStartup(t *testing.T) {
 		}
 	}
 	if len(fams) != len(metFamilies) {
-		t.Errorf("families %v, want the %d of §11 and §6.5", names, len(metFamilies))
+		t.Errorf("families %v, want the %d of §11, §6.5 and issue 17", names, len(metFamilies))
 	}
 	for _, name := range []string{ // the v0.1 names
 		"nixfleet_http_requests_total", "nixfleet_http_request_duration_seconds", "nixfleet_fleet_size",
@@ -215,6 +220,10 @@ func TestMetricsStartup(t *testing.T) {
 	}
 	zero := []string{
 		"nixfleet_fleet_size", "nixfleet_rollouts_active", "nixfleet_executor_errors_total",
+		"nixfleet_machines_stale", "nixfleet_machines_drifted", "nixfleet_db_busy_total",
+	}
+	for _, s := range rolloutStatuses {
+		zero = append(zero, `nixfleet_rollouts_by_status{status="`+string(s)+`"}`)
 	}
 	for _, l := range lifecycles {
 		zero = append(zero, `nixfleet_machines_by_lifecycle{lifecycle="`+string(l)+`"}`)
