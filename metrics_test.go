@@ -663,3 +663,43 @@ func TestMetricsReportsTotal(t *testing.T) {
 		})
 	}
 }
+
+// TestMetricsRolloutsByStatus: nixfleet_rollouts_by_status follows creation, every status change and deletion,
+// always with all six statuses, and is recomputed from the database at startup.
+func TestMetricsRolloutsByStatus(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "state.db")
+	ts := newTestServer(t, testServerOptions{dbPath: db})
+	c := ts.client("")
+	e := &testEnv{ts: ts, c: c, url: ts.url}
+	e.A = bootstrapKey(t, c, ts.url)
+	e.D = createTestKey(t, c, ts.url, e.A, "deployer", "deploy")
+	want := func(what string, counts map[string]float64) {
+		t.Helper()
+		for _, s := range rolloutStatuses {
+			series := `nixfleet_rollouts_by_status{status="` + string(s) + `"}`
+			if got := metricValue(t, e.c, e.url, series); got != counts[string(s)] {
+				t.Fatalf("%s: %s = %v, want %v", what, series, got, counts[string(s)])
+			}
+		}
+	}
+	want("at startup", nil)
+	relRegister(t, e, "web-01", "web-02")
+	rel := relCreate(t, e, e.D, map[string]any{"entries": []any{relEntry("web-01", 'a'), relEntry("web-02", 'a')}})
+	r1 := relRollout(t, e, rel, nil, "web-01")
+	want("created", map[string]float64{"running": 1})
+	expect(t, do(t, c, "POST", e.url+"/api/v1/rollouts/"+r1+"/pause", e.D, nil), 200, "")
+	want("paused", map[string]float64{"paused": 1})
+	expect(t, do(t, c, "POST", e.url+"/api/v1/rollouts/"+r1+"/cancel", e.D, nil), 200, "")
+	relRollout(t, e, rel, nil, "web-02")
+	want("cancelled and a second one", map[string]float64{"cancelled": 1, "running": 1})
+	expect(t, do(t, c, "DELETE", e.url+"/api/v1/rollouts/"+r1, e.A, nil), 204, "")
+	want("deleted", map[string]float64{"running": 1})
+
+	ts.ts.Close()
+	if err := ts.close(); err != nil {
+		t.Fatal(err)
+	}
+	ts2 := newTestServer(t, testServerOptions{dbPath: db})
+	e.url = ts2.url
+	want("after a restart", map[string]float64{"running": 1})
+}
