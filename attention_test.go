@@ -208,6 +208,7 @@ func TestDriftAcrossRestart(t *testing.T) {
 	setAt := ts.clock.now().UnixMilli()
 	ts.clock.advance(5 * time.Minute)
 	expect(t, do(t, c, "POST", ts.url+"/api/v1/machines/web-01/report", "", reportBody("web-01", old, true, "up-to-date")), 200, "")
+	expect(t, do(t, c, "POST", ts.url+"/api/v1/machines/web-02/report", "", reportBody("web-02", old, false, "rolled back: oops")), 200, "")
 	ts.ts.Close()
 	if err := ts.close(); err != nil {
 		t.Fatal(err)
@@ -215,6 +216,10 @@ func TestDriftAcrossRestart(t *testing.T) {
 
 	ts2 := newTestServer(t, testServerOptions{dbPath: db}) // its clock starts again at setAt
 	c2 := ts2.client("")
+	// The failed report's message is read back from the database.
+	if ms := listMachinesT(t, c2, ts2.url, A, "?after=web-01"); len(ms) != 1 || ms[0].Attention != "last report failed: rolled back: oops" {
+		t.Fatalf("web-02 after a restart: %+v", ms)
+	}
 	ts2.clock.advance(10*time.Minute + time.Second) // 5m01s after the first report, 10m01s after set_at
 	expect(t, do(t, c2, "POST", ts2.url+"/api/v1/machines/web-01/report", "", reportBody("web-01", old, true, "up-to-date")), 200, "")
 	ms := listMachinesT(t, c2, ts2.url, A, "?drifted=true")

@@ -301,7 +301,8 @@ func busyErr(err error) error {
 	return err
 }
 
-// busyErr is busyErr that also counts the refusal (nixfleet_db_busy_total).
+// busyErr wraps SQLITE_BUSY as the function busyErr does, and counts each
+// refusal in nixfleet_db_busy_total (the NixfleetDatabaseBusy alert).
 func (s *store) busyErr(err error) error {
 	err = busyErr(err)
 	if errors.Is(err, errBusy) {
