@@ -509,6 +509,22 @@ func queryValues(r *http.Request) url.Values {
 	return q
 }
 
+// queryBool parses an optional true/false query parameter: absent gives
+// nil; anything but exactly "true" or "false" is a 400 naming it.
+func queryBool(q url.Values, name string) (*bool, error) {
+	v, ok := q[name]
+	if !ok {
+		return nil, nil
+	}
+	switch v[0] {
+	case "true":
+		return new(true), nil
+	case "false":
+		return new(false), nil
+	}
+	return nil, invalidf("%s: must be true or false", name)
+}
+
 // queryLimit parses the limit parameter (§2.4): absent gives def, a value
 // above max is clamped, anything but a base-10 integer >= 1 is an error.
 func queryLimit(q url.Values, def, max int) (int, error) {

@@ -68,6 +68,12 @@ func (s *server) listMachines(w http.ResponseWriter, r *http.Request, _ *princip
 		}
 		f.lifecycles = append(f.lifecycles, lc)
 	}
+	if f.stale, err = queryBool(q, "stale"); err != nil {
+		return err
+	}
+	if f.drifted, err = queryBool(q, "drifted"); err != nil {
+		return err
+	}
 	if f.limit, err = queryLimit(q, 0, 1000); err != nil {
 		return err
 	}

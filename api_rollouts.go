@@ -6,11 +6,23 @@ import (
 
 // Handlers of the rollout routes (§4.18–§4.24).
 
-// createRollout handles POST /api/v1/rollouts.
+// createRollout handles POST /api/v1/rollouts; with ?dry_run=true it answers
+// 200 with the plan and stores nothing.
 func (s *server) createRollout(w http.ResponseWriter, r *http.Request, p *principal) error {
+	dryRun, err := queryBool(queryValues(r), "dry_run")
+	if err != nil {
+		return err
+	}
 	req, err := decode[createRolloutRequest](w, r, maxBody, false)
 	if err != nil {
 		return err
+	}
+	if dryRun != nil && *dryRun {
+		plan, err := s.cp.dryRunRollout(r.Context(), p.actor, *req)
+		if err != nil {
+			return err
+		}
+		return writeJSON(w, http.StatusOK, plan)
 	}
 	resp, err := s.cp.createRollout(r.Context(), p.actor, *req)
 	if err != nil {

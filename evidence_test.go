@@ -182,7 +182,8 @@ func TestExecutorHealthEvaluationTable(t *testing.T) {
 		}},
 		{name: "row 5: health timeout", acts: []act{
 			{advance: 299 * time.Second, want: "pending"},
-			{advance: time.Second, want: "unhealthy:health timeout after 300s"},
+			// Silent since its registration for longer than --stale-after (4m): the reason says so (attention.go).
+			{advance: time.Second, want: "unhealthy:health timeout after 300s: no report since registration at 2026-04-11T09:30:00.000Z"},
 		}, wantBatch: "failed"},
 		{name: "row 5: the timeout converts only pending machines", acts: []act{
 			{report: reportBody(m1, O, false, "rolled back: early"), want: "unhealthy:reported failure: rolled back: early"},

@@ -238,9 +238,13 @@ const (
 
 // evaluateSummaries classifies every machine of batch b from the summaries of
 // its fresh reports and decides the batch's fate (§9.5, §9.6); it is a pure
-// function of the snapshot and now (Unix ms).
+// function of the snapshot and now (Unix ms). silence names a stale machine
+// ("no report since …", attention.go; nil: none is): the health timeout's
+// reason says so. Staleness changes only that reason, never a
+// classification: a stale machine stays pending until the timeout, as
+// before, so a batch passes or fails exactly when it did without it.
 func evaluateSummaries(r *rolloutRow, b batchRow, members []memberRow, sums map[string]*evidenceSummary,
-	lifecycleOf func(string) lifecycle, now int64) verdict {
+	lifecycleOf func(string) lifecycle, silence func(string) string, now int64) verdict {
 	v := verdict{health: map[string][2]string{}}
 	timedOut := now-*b.StartedAt >= r.HealthTimeout*1000
 	for _, mem := range members {
@@ -257,6 +261,11 @@ func evaluateSummaries(r *rolloutRow, b batchRow, members []memberRow, sums map[
 			}
 			if health == healthPending && timedOut {
 				health, reason = healthUnhealthy, fmt.Sprintf("health timeout after %ds", r.HealthTimeout)
+				if silence != nil {
+					if s := silence(mem.MachineID); s != "" {
+						reason += ": " + s
+					}
+				}
 				v.timedOut++
 			}
 		}
@@ -301,7 +310,13 @@ func (e *executor) evaluate(ctx context.Context, snap *stepSnapshot, now int64) 
 		}
 		return ""
 	}
-	v := evaluateSummaries(r, b, snap.members, snap.sums, lifecycleOf, now)
+	silence := func(id string) string {
+		if m := e.st.fleet.get(id); m != nil {
+			return e.st.fleet.policy.silence(m, now)
+		}
+		return ""
+	}
+	v := evaluateSummaries(r, b, snap.members, snap.sums, lifecycleOf, silence, now)
 	changed := []memberRow{}
 	for _, mem := range snap.members {
 		hr := v.health[mem.MachineID]

@@ -257,6 +257,10 @@ func TestFaultBusyExternalLock(t *testing.T) {
 		if !strings.Contains(bs.logs.String(), `msg="database busy"`) {
 			t.Errorf("no database busy log:\n%s", bs.logs.String())
 		}
+		// Both refusals are counted (the alert rule NixfleetDatabaseBusy reads this counter).
+		if v := metricValue(t, c, bs.url, "nixfleet_db_busy_total"); v != 2 {
+			t.Errorf("nixfleet_db_busy_total = %v after two 503s, want 2", v)
+		}
 		release()
 
 		// The writer is usable again at once, and nothing refused was stored.

@@ -21,6 +21,13 @@ type machineRec struct {
 	Uptime       int64
 	Tags         []string // sorted, unique, never nil
 	Desired      *desiredGen
+	LastFailure  string // the message of the latest report when it failed (cut to 200 bytes), else ""
+
+	// MismatchSince is when the fleet index first saw this machine report a
+	// generation other than its desired one, in Unix ms; 0 while they match,
+	// without a desired generation or before the first report. Derived in
+	// fleet.put, in memory only (see attention.go).
+	MismatchSince int64
 
 	// The flood bound of the audit rows its agent writes (reports.go).
 	ReportAudit, TagsAudit auditWindow
@@ -61,6 +68,10 @@ type fleet struct {
 	// report from one of them wakes the executor).
 	hint     map[string]map[string]struct{}
 	watching map[string]map[string]struct{}
+
+	// policy decides which machines are stale or drifted (attention.go). Set
+	// once by newApp before anything reads the index.
+	policy attentionPolicy
 }
 
 func newFleet() *fleet {
@@ -68,6 +79,7 @@ func newFleet() *fleet {
 		machines: map[string]*machineRec{},
 		hint:     map[string]map[string]struct{}{},
 		watching: map[string]map[string]struct{}{},
+		policy:   newAttentionPolicy(0, 0),
 	}
 }
 
@@ -78,6 +90,7 @@ func (f *fleet) reset(ms map[string]*machineRec) {
 	f.byLifecycle = [5]int{}
 	for _, m := range ms {
 		f.byLifecycle[lifecycleIndex(m.Lifecycle)]++
+		m.MismatchSince = mismatchSince(nil, m)
 	}
 }
 
@@ -90,10 +103,12 @@ func (f *fleet) get(id string) *machineRec {
 func (f *fleet) put(m *machineRec) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if old := f.machines[m.ID]; old != nil {
+	old := f.machines[m.ID]
+	if old != nil {
 		f.byLifecycle[lifecycleIndex(old.Lifecycle)]--
 	}
 	f.byLifecycle[lifecycleIndex(m.Lifecycle)]++
+	m.MismatchSince = mismatchSince(old, m) // m is not published yet: no reader sees this write
 	f.machines[m.ID] = m
 }
 
@@ -160,6 +175,20 @@ func (f *fleet) pollHint(id string) bool {
 		}
 	}
 	return false
+}
+
+// rolloutMembers returns the machines in an unfinished batch of a running
+// rollout (the union of the poll-hint sets), as a set of its own.
+func (f *fleet) rolloutMembers() map[string]struct{} {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	out := map[string]struct{}{}
+	for _, set := range f.hint {
+		for id := range set {
+			out[id] = struct{}{}
+		}
+	}
+	return out
 }
 
 // watched reports whether a report from the machine can move a rollout on:

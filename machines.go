@@ -60,10 +60,13 @@ type machineStatus struct {
 	Tags                   []string `json:"tags"`
 	SecondsSinceLastReport *int64   `json:"seconds_since_last_report"`
 	RegisteredAt           string   `json:"registered_at"`
+	Stale                  bool     `json:"stale"`     // extra: attention.go
+	Drifted                bool     `json:"drifted"`   // extra: attention.go
+	Attention              string   `json:"attention"` // extra: the most important reason, "" when none
 }
 
-// status renders the machine as of now (Unix ms).
-func (m *machineRec) status(now int64) machineStatus {
+// status renders the machine as of now (Unix ms) with its condition.
+func (m *machineRec) status(now int64, c condition) machineStatus {
 	ms := machineStatus{
 		MachineID:         m.ID,
 		CurrentGeneration: m.CurrentGen,
@@ -73,6 +76,9 @@ func (m *machineRec) status(now int64) machineStatus {
 		Lifecycle:         string(m.Lifecycle),
 		Tags:              m.Tags,
 		RegisteredAt:      fmtTime(m.RegisteredAt),
+		Stale:             c.stale,
+		Drifted:           c.drifted,
+		Attention:         c.attention,
 	}
 	if m.Desired != nil {
 		ms.DesiredGeneration = &m.Desired.Hash
@@ -91,20 +97,41 @@ type machineFilter struct {
 	lifecycles []lifecycle // any of them (OR); none means all
 	after      string      // only ids greater than this
 	limit      int         // 0: no limit
+	stale      *bool       // nil: either
+	drifted    *bool       // nil: either
 }
 
 // listMachines returns the matching machines sorted by id, from the
 // in-memory index (no database work).
 func (cp *controlPlane) listMachines(f machineFilter) []machineStatus {
-	ms := cp.st.fleet.list(func(m *machineRec) bool {
-		return m.hasTags(f.tags) && (len(f.lifecycles) == 0 || slices.Contains(f.lifecycles, m.Lifecycle))
-	}, f.after, f.limit)
+	fl := cp.st.fleet
 	now := cp.st.now().UnixMilli()
+	busy := fl.rolloutMembers()
+	cond := func(m *machineRec) condition {
+		_, in := busy[m.ID]
+		return fl.policy.condition(m, now, in)
+	}
+	ms := fl.list(func(m *machineRec) bool {
+		if !m.hasTags(f.tags) || len(f.lifecycles) > 0 && !slices.Contains(f.lifecycles, m.Lifecycle) {
+			return false
+		}
+		if f.stale == nil && f.drifted == nil {
+			return true
+		}
+		c := cond(m)
+		return (f.stale == nil || *f.stale == c.stale) && (f.drifted == nil || *f.drifted == c.drifted)
+	}, f.after, f.limit)
 	out := make([]machineStatus, len(ms))
 	for i, m := range ms {
-		out[i] = m.status(now)
+		out[i] = m.status(now, cond(m))
 	}
 	return out
+}
+
+// conditionOf evaluates one machine's attention rules now.
+func (cp *controlPlane) conditionOf(m *machineRec) condition {
+	_, in := cp.st.fleet.rolloutMembers()[m.ID]
+	return cp.st.fleet.policy.condition(m, cp.st.now().UnixMilli(), in)
 }
 
 // changeLifecycle moves the machine to a new lifecycle with the effects of
@@ -275,7 +302,7 @@ func (cp *controlPlane) putTags(ctx context.Context, actor, id string, tags []st
 	if err != nil {
 		return machineStatus{}, err
 	}
-	return result.status(cp.st.now().UnixMilli()), nil
+	return result.status(cp.st.now().UnixMilli(), cp.conditionOf(result)), nil
 }
 
 // refuseInActiveRollout returns a 409 while the machine is in an active

@@ -88,6 +88,10 @@ Server flags (each also read from its environment variable; a flag wins):
   --bootstrap-cn CN[,CN...]     NIXFLEET_CP_BOOTSTRAP_CN: mTLS without a token file: client certificate CNs
                                 that may bootstrap (default none: bootstrap is closed in mTLS mode)
   --max-connections N           NIXFLEET_CP_MAX_CONNECTIONS: open connections served at once (default 10000)
+  --stale-after DURATION        NIXFLEET_CP_STALE_AFTER (default 4m, 1m to 24h): a machine with no report for
+                                longer is stale; 4m is three default 60 s agent polls plus a minute of slack
+  --drift-grace DURATION        NIXFLEET_CP_DRIFT_GRACE (default 10m, 1m to 168h): a machine running another
+                                generation than its desired one for longer, outside a rollout, is drifted
 `
 
 // run is the whole program: main only adds signals and exit codes. It returns
@@ -142,6 +146,8 @@ type serveConfig struct {
 	bootstrapTokenFile string
 	bootstrapCNs       []string // mTLS without a token file: the CNs that may bootstrap
 	maxConnections     int
+	staleAfter         time.Duration
+	driftGrace         time.Duration
 }
 
 const defaultDBPath = "/var/lib/nixfleet-cp/state.db"
@@ -159,7 +165,7 @@ type envFlag struct {
 // is a *usageError naming the flag or variable.
 func parseServeFlags(args []string, getenv func(string) string) (serveConfig, error) {
 	var cfg serveConfig
-	var interval, retention, bootstrapCNs, maxConns string
+	var interval, retention, bootstrapCNs, maxConns, staleAfter, driftGrace string
 	flags := []envFlag{
 		{"listen", "NIXFLEET_CP_LISTEN", "0.0.0.0:8080", &cfg.listen},
 		{"db-path", "NIXFLEET_CP_DB_PATH", defaultDBPath, &cfg.dbPath},
@@ -172,6 +178,8 @@ func parseServeFlags(args []string, getenv func(string) string) (serveConfig, er
 		{"bootstrap-token-file", "NIXFLEET_CP_BOOTSTRAP_TOKEN_FILE", "", &cfg.bootstrapTokenFile},
 		{"bootstrap-cn", "NIXFLEET_CP_BOOTSTRAP_CN", "", &bootstrapCNs},
 		{"max-connections", "NIXFLEET_CP_MAX_CONNECTIONS", strconv.Itoa(defaultMaxConnections), &maxConns},
+		{"stale-after", "NIXFLEET_CP_STALE_AFTER", defaultStaleAfter.String(), &staleAfter},
+		{"drift-grace", "NIXFLEET_CP_DRIFT_GRACE", defaultDriftGrace.String(), &driftGrace},
 	}
 	source, err := parseEnvFlags("serve", args, getenv, flags)
 	if err != nil {
@@ -212,6 +220,17 @@ func parseServeFlags(args []string, getenv func(string) string) (serveConfig, er
 	cfg.maxConnections, err = strconv.Atoi(maxConns)
 	if err != nil || cfg.maxConnections < 1 {
 		return cfg, usagef("invalid %s %q: want a positive integer", source["max-connections"], maxConns)
+	}
+	// Below a minute, a machine whose agent keeps the default 60 s poll
+	// would flap between stale and not; a day is the most that still means
+	// "went quiet" rather than "gone".
+	cfg.staleAfter, err = time.ParseDuration(staleAfter)
+	if err != nil || cfg.staleAfter < time.Minute || cfg.staleAfter > 24*time.Hour {
+		return cfg, usagef("invalid %s %q: want a Go duration from 1m to 24h", source["stale-after"], staleAfter)
+	}
+	cfg.driftGrace, err = time.ParseDuration(driftGrace)
+	if err != nil || cfg.driftGrace < time.Minute || cfg.driftGrace > 7*24*time.Hour {
+		return cfg, usagef("invalid %s %q: want a Go duration from 1m to 168h", source["drift-grace"], driftGrace)
 	}
 	return cfg, nil
 }
@@ -387,6 +406,8 @@ type appConfig struct {
 	bootstrapToken  string   // empty: bootstrap needs no token
 	bootstrapCNs    []string // mTLS without a token: the CNs that may bootstrap
 	reportRetention time.Duration
+	staleAfter      time.Duration // 0: defaultStaleAfter
+	driftGrace      time.Duration // 0: defaultDriftGrace
 	now             func() time.Time
 	log             *slog.Logger
 }
@@ -425,6 +446,14 @@ func newApp(ctx context.Context, c appConfig) (*app, error) {
 		return nil, err
 	}
 	m.rolloutsActive.Store(active)
+	byStatus, err := readValue(ctx, st, dbq.countRolloutsByStatus)
+	if err != nil {
+		st.close()
+		return nil, err
+	}
+	m.storeRolloutsByStatus(byStatus)
+	m.now = c.now
+	st.fleet.policy = newAttentionPolicy(c.staleAfter, c.driftGrace)
 	cp := &controlPlane{st: st, log: c.log}
 	a := &app{st: st, m: m, cp: cp, log: c.log, stopLoops: func() {}}
 	a.exec = newExecutor(st, m, c.log, c.now)
@@ -513,7 +542,8 @@ func serve(ctx context.Context, cfg serveConfig, stderr io.Writer, hooks *serveH
 	}
 	defer unlock()
 	a, err := newApp(ctx, appConfig{dbPath: cfg.dbPath, mode: mode, bootstrapToken: bootstrapToken,
-		bootstrapCNs: cfg.bootstrapCNs, reportRetention: cfg.reportRetention, now: now, log: log})
+		bootstrapCNs: cfg.bootstrapCNs, reportRetention: cfg.reportRetention, staleAfter: cfg.staleAfter,
+		driftGrace: cfg.driftGrace, now: now, log: log})
 	if err != nil {
 		return err
 	}

@@ -77,6 +77,11 @@ func TestUsageErrors(t *testing.T) {
 		{"--executor-interval", "5"},
 		{"--executor-interval", "50ms"},
 		{"--report-retention", "30m"},
+		{"--stale-after", "30s"},
+		{"--stale-after", "25h"},
+		{"--stale-after", "4"},
+		{"--drift-grace", "59s"},
+		{"--drift-grace", "169h"},
 		{"--log-level", "loud"},
 		{"--listen", "nonsense"},
 		{"serve", "extra"},
@@ -86,6 +91,29 @@ func TestUsageErrors(t *testing.T) {
 		var ue *usageError
 		if !errors.As(err, &ue) {
 			t.Errorf("%v: got %v, want a usage error", args, err)
+		}
+	}
+}
+
+// TestStaleDriftFlags: --stale-after and --drift-grace have their documented defaults, are read from their
+// environment variables, and a flag beats its variable.
+func TestStaleDriftFlags(t *testing.T) {
+	env := map[string]string{"NIXFLEET_CP_STALE_AFTER": "15m", "NIXFLEET_CP_DRIFT_GRACE": "2h"}
+	for _, tc := range []struct {
+		args              []string
+		getenv            func(string) string
+		stale, driftGrace time.Duration
+	}{
+		{nil, func(string) string { return "" }, 4 * time.Minute, 10 * time.Minute},
+		{nil, func(k string) string { return env[k] }, 15 * time.Minute, 2 * time.Hour},
+		{[]string{"--stale-after", "1m", "--drift-grace=168h"}, func(k string) string { return env[k] }, time.Minute, 168 * time.Hour},
+	} {
+		cfg, err := parseServeFlags(tc.args, tc.getenv)
+		if err != nil {
+			t.Fatalf("%v: %v", tc.args, err)
+		}
+		if cfg.staleAfter != tc.stale || cfg.driftGrace != tc.driftGrace {
+			t.Errorf("%v: stale-after %v drift-grace %v, want %v %v", tc.args, cfg.staleAfter, cfg.driftGrace, tc.stale, tc.driftGrace)
 		}
 	}
 }
@@ -126,6 +154,8 @@ func TestStartupExitCodes(t *testing.T) {
 		{"executor-interval 2m", nil, []string{"--executor-interval", "2m"}, 2, "--executor-interval", false},
 		{"executor-interval from env", []string{"NIXFLEET_CP_EXECUTOR_INTERVAL=5"}, nil, 2, "NIXFLEET_CP_EXECUTOR_INTERVAL", false},
 		{"report-retention 30m", nil, []string{"--report-retention=30m"}, 2, "--report-retention", false},
+		{"stale-after 30s", nil, []string{"--stale-after", "30s"}, 2, "--stale-after", false},
+		{"drift-grace from env", []string{"NIXFLEET_CP_DRIFT_GRACE=forever"}, nil, 2, "NIXFLEET_CP_DRIFT_GRACE", false},
 		{"log-level", nil, []string{"-log-level", "loud"}, 2, "--log-level", false},
 		{"log-level from env", []string{"NIXFLEET_CP_LOG_LEVEL=DEBUG"}, nil, 2, "NIXFLEET_CP_LOG_LEVEL", false},
 		{"listen without port", nil, []string{"--listen", "127.0.0.1"}, 2, "--listen", false},

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // metrics holds every metric of the Prometheus exposition. Counters and
@@ -29,8 +30,11 @@ type metrics struct {
 	commitDuration  *histogram
 	groupCommitSize *histogram
 	rolloutsActive  atomic.Int64
+	rolloutsBy      [6]atomic.Int64 // per rollout status, in the order of rolloutStatuses
+	dbBusy          atomic.Uint64
 
-	fleet *fleet // set by newServer
+	fleet *fleet           // set by newApp
+	now   func() time.Time // set by newApp: the stale and drifted gauges are as of the scrape
 }
 
 var (
@@ -54,6 +58,7 @@ func newMetrics() *metrics {
 		auditSuppressed: newCounterVec("action"),
 		commitDuration:  newHistogram(commitBuckets),
 		groupCommitSize: newHistogram(groupCommitBuckets),
+		now:             time.Now,
 	}
 	// Series whose label values come from a fixed list exist from startup.
 	for _, s := range rolloutCountedStatuses {
@@ -71,6 +76,13 @@ func newMetrics() *metrics {
 	m.auditSuppressed.add(0, "report")
 	m.auditSuppressed.add(0, "tags.update")
 	return m
+}
+
+// storeRolloutsByStatus sets the nixfleet_rollouts_by_status gauges.
+func (m *metrics) storeRolloutsByStatus(counts [6]int64) {
+	for i, n := range counts {
+		m.rolloutsBy[i].Store(n)
+	}
 }
 
 // counterVec is a counter family with labels.
@@ -271,6 +283,9 @@ func (m *metrics) writeTo(out io.Writer) error {
 	e.header("nixfleet_build_info", "gauge", "Build information; always 1.")
 	e.sample("nixfleet_build_info", []string{"goversion", "version"}, []string{runtime.Version(), version}, 1)
 
+	e.header("nixfleet_db_busy_total", "counter", "Write transactions refused because another process held the database's write lock past the busy timeout (answered 503).")
+	e.sample("nixfleet_db_busy_total", nil, nil, float64(m.dbBusy.Load()))
+
 	e.header("nixfleet_db_commit_duration_seconds", "histogram", "Duration of write-transaction commits.")
 	e.histogram("nixfleet_db_commit_duration_seconds", nil, nil, commitBuckets, m.commitDuration.snapshot())
 
@@ -320,6 +335,25 @@ func (m *metrics) writeTo(out io.Writer) error {
 		e.sample("nixfleet_machines_by_lifecycle", []string{"lifecycle"}, []string{string(l)}, float64(byLifecycle[lifecycleIndex(l)]))
 	}
 
+	var stale, drifted int
+	now := m.now().UnixMilli()
+	busy := m.fleet.rolloutMembers()
+	policy := m.fleet.policy
+	m.fleet.each(func(r *machineRec) {
+		_, in := busy[r.ID]
+		c := policy.condition(r, now, in)
+		if c.stale {
+			stale++
+		}
+		if c.drifted {
+			drifted++
+		}
+	})
+	e.header("nixfleet_machines_drifted", "gauge", "Machines running another generation than their desired one, outside an unfinished batch of a running rollout, for longer than --drift-grace.")
+	e.sample("nixfleet_machines_drifted", nil, nil, float64(drifted))
+	e.header("nixfleet_machines_stale", "gauge", "Machines, neither pending nor decommissioned, whose last report (or registration) is older than --stale-after.")
+	e.sample("nixfleet_machines_stale", nil, nil, float64(stale))
+
 	e.header("nixfleet_report_group_commit_size", "histogram", "Reports committed per group commit.")
 	e.histogram("nixfleet_report_group_commit_size", nil, nil, groupCommitBuckets, m.groupCommitSize.snapshot())
 
@@ -327,6 +361,13 @@ func (m *metrics) writeTo(out io.Writer) error {
 
 	e.header("nixfleet_rollouts_active", "gauge", "Rollouts in created, running or paused status.")
 	e.sample("nixfleet_rollouts_active", nil, nil, float64(m.rolloutsActive.Load()))
+
+	e.header("nixfleet_rollouts_by_status", "gauge", "Rollouts stored, per status.")
+	byStatus := slices.Clone(rolloutStatuses)
+	slices.Sort(byStatus)
+	for _, st := range byStatus {
+		e.sample("nixfleet_rollouts_by_status", []string{"status"}, []string{string(st)}, float64(m.rolloutsBy[slices.Index(rolloutStatuses, st)].Load()))
+	}
 
 	e.counterVec("nixfleet_rollouts_total", "Rollout transitions into paused, completed, failed or cancelled committed by this process.", m.rolloutsTotal)
 

@@ -160,7 +160,8 @@ func metVal(t testing.TB, base, series string) float64 {
 	return max(metricValue(t, metClient, base, series), 0)
 }
 
-// metFamilies is every family of §11 (and of §6.5's flood bound) with its type.
+// metFamilies is every family of §11 (and of §6.5's flood bound, and of
+// issue 17's stale, drift and rollout-status gauges and busy counter) with its type.
 var metFamilies = map[string]string{
 	"nixfleet_http_requests_total":                 "counter",
 	"nixfleet_http_request_duration_seconds":       "histogram",
@@ -178,6 +179,10 @@ var metFamilies = map[string]string{
 	"nixfleet_db_commit_duration_seconds":          "histogram",
 	"nixfleet_report_group_commit_size":            "histogram",
 	"nixfleet_build_info":                          "gauge",
+	"nixfleet_machines_stale":                      "gauge",
+	"nixfleet_machines_drifted":                    "gauge",
+	"nixfleet_rollouts_by_status":                  "gauge",
+	"nixfleet_db_busy_total":                       "counter",
 }
 
 // TestMetricsStartup covers ACC-111 and §11's "from startup" rules on a
@@ -202,7 +207,7 @@ func TestMetricsStartup(t *testing.T) {
 		}
 	}
 	if len(fams) != len(metFamilies) {
-		t.Errorf("families %v, want the %d of §11 and §6.5", names, len(metFamilies))
+		t.Errorf("families %v, want the %d of §11, §6.5 and issue 17", names, len(metFamilies))
 	}
 	for _, name := range []string{ // the v0.1 names
 		"nixfleet_http_requests_total", "nixfleet_http_request_duration_seconds", "nixfleet_fleet_size",
@@ -215,6 +220,10 @@ func TestMetricsStartup(t *testing.T) {
 	}
 	zero := []string{
 		"nixfleet_fleet_size", "nixfleet_rollouts_active", "nixfleet_executor_errors_total",
+		"nixfleet_machines_stale", "nixfleet_machines_drifted", "nixfleet_db_busy_total",
+	}
+	for _, s := range rolloutStatuses {
+		zero = append(zero, `nixfleet_rollouts_by_status{status="`+string(s)+`"}`)
 	}
 	for _, l := range lifecycles {
 		zero = append(zero, `nixfleet_machines_by_lifecycle{lifecycle="`+string(l)+`"}`)
@@ -653,4 +662,44 @@ func TestMetricsReportsTotal(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestMetricsRolloutsByStatus: nixfleet_rollouts_by_status follows creation, every status change and deletion,
+// always with all six statuses, and is recomputed from the database at startup.
+func TestMetricsRolloutsByStatus(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "state.db")
+	ts := newTestServer(t, testServerOptions{dbPath: db})
+	c := ts.client("")
+	e := &testEnv{ts: ts, c: c, url: ts.url}
+	e.A = bootstrapKey(t, c, ts.url)
+	e.D = createTestKey(t, c, ts.url, e.A, "deployer", "deploy")
+	want := func(what string, counts map[string]float64) {
+		t.Helper()
+		for _, s := range rolloutStatuses {
+			series := `nixfleet_rollouts_by_status{status="` + string(s) + `"}`
+			if got := metricValue(t, e.c, e.url, series); got != counts[string(s)] {
+				t.Fatalf("%s: %s = %v, want %v", what, series, got, counts[string(s)])
+			}
+		}
+	}
+	want("at startup", nil)
+	relRegister(t, e, "web-01", "web-02")
+	rel := relCreate(t, e, e.D, map[string]any{"entries": []any{relEntry("web-01", 'a'), relEntry("web-02", 'a')}})
+	r1 := relRollout(t, e, rel, nil, "web-01")
+	want("created", map[string]float64{"running": 1})
+	expect(t, do(t, c, "POST", e.url+"/api/v1/rollouts/"+r1+"/pause", e.D, nil), 200, "")
+	want("paused", map[string]float64{"paused": 1})
+	expect(t, do(t, c, "POST", e.url+"/api/v1/rollouts/"+r1+"/cancel", e.D, nil), 200, "")
+	relRollout(t, e, rel, nil, "web-02")
+	want("cancelled and a second one", map[string]float64{"cancelled": 1, "running": 1})
+	expect(t, do(t, c, "DELETE", e.url+"/api/v1/rollouts/"+r1, e.A, nil), 204, "")
+	want("deleted", map[string]float64{"running": 1})
+
+	ts.ts.Close()
+	if err := ts.close(); err != nil {
+		t.Fatal(err)
+	}
+	ts2 := newTestServer(t, testServerOptions{dbPath: db})
+	e.url = ts2.url
+	want("after a restart", map[string]float64{"running": 1})
 }

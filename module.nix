@@ -70,6 +70,8 @@ let
       "--executor-interval" cfg.executorInterval
       "--report-retention" cfg.reportRetention
       "--log-level" cfg.logLevel
+      "--stale-after" cfg.staleAfter
+      "--drift-grace" cfg.driftGrace
     ]
     ++ lib.concatMap (c: [ c.flag "%d/${c.id}" ]) credentials
     ++ cfg.extraArgs;
@@ -158,6 +160,27 @@ in
       description = ''
         How long agent reports are kept (`--report-retention`), a Go duration of at least 1h. The newest 100
         reports of each machine are always kept.
+      '';
+    };
+
+    staleAfter = mkOption {
+      type = types.str;
+      default = "4m";
+      example = "15m";
+      description = ''
+        A machine whose last report is older than this is stale (`--stale-after`), a Go duration from 1m to 24h.
+        The default is three of the agents' default 60 s polls plus a minute of slack; raise it if your agents
+        poll less often. Pending and decommissioned machines are never stale.
+      '';
+    };
+
+    driftGrace = mkOption {
+      type = types.str;
+      default = "10m";
+      example = "1h";
+      description = ''
+        A machine that reports another generation than its desired one, outside an unfinished batch of a running
+        rollout, for longer than this is drifted (`--drift-grace`), a Go duration from 1m to 168h.
       '';
     };
 

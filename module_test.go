@@ -37,7 +37,7 @@ const (
 	warnNoPrometheus  = "services.nixfleet-control-plane.prometheusRules is set, but this host runs no Prometheus" +
 		" (services.prometheus.enable is not true), so the alerting rules are not evaluated here."
 	moduleStateDir    = "/var/lib/nixfleet-cp"
-	moduleDefaultArgs = "--listen 0.0.0.0:8080 --db-path /var/lib/nixfleet-cp/state.db --executor-interval 2s --report-retention 168h --log-level info"
+	moduleDefaultArgs = "--listen 0.0.0.0:8080 --db-path /var/lib/nixfleet-cp/state.db --executor-interval 2s --report-retention 168h --log-level info --stale-after 4m --drift-grace 10m"
 )
 
 // requireNix skips the test when nix-instantiate is missing (for example inside the Nix build sandbox).
@@ -385,6 +385,8 @@ func TestModuleOptions(t *testing.T) {
 		"tls.clientCa":       {"null or string", `null`},
 		"executorInterval":   {"string", `"2s"`},
 		"reportRetention":    {"string", `"168h"`},
+		"staleAfter":         {"string", `"4m"`},
+		"driftGrace":         {"string", `"10m"`},
 		"logLevel":           {`one of "debug", "info", "warn", "error"`, `"info"`},
 		"bootstrapTokenFile": {"null or string", `null`},
 		"extraArgs":          {"list of string", `[]`},
@@ -527,6 +529,7 @@ type moduleFlags struct {
 	logLevel, bootstrapTokenFile              string
 	bootstrapCNs                              []string
 	maxConnections                            int
+	staleAfter, driftGrace                    time.Duration
 }
 
 func moduleFlagsOf(c serveConfig) moduleFlags {
@@ -538,6 +541,7 @@ var defaultModuleFlags = moduleFlags{
 	listen: "0.0.0.0:8080", dbPath: "/var/lib/nixfleet-cp/state.db",
 	executorInterval: 2 * time.Second, reportRetention: 168 * time.Hour, logLevel: "info",
 	maxConnections: defaultMaxConnections,
+	staleAfter:     defaultStaleAfter, driftGrace: defaultDriftGrace,
 }
 
 // execStartCases are the configurations whose command line is checked word for word, and then parsed by the
@@ -563,7 +567,7 @@ var execStartCases = []struct {
 		name: "tls",
 		cfg:  `{ enable = true; listen = "[::]:8443"; tls.cert = "/run/secrets/cp-cert.pem"; tls.key = "/run/secrets/cp-key.pem"; }`,
 		argv: strings.Fields("--listen [::]:8443 --db-path /var/lib/nixfleet-cp/state.db --executor-interval 2s" +
-			" --report-retention 168h --log-level info --tls-cert %d/tls-cert --tls-key %d/tls-key"),
+			" --report-retention 168h --log-level info --stale-after 4m --drift-grace 10m --tls-cert %d/tls-cert --tls-key %d/tls-key"),
 		flags: func(f moduleFlags) moduleFlags {
 			f.listen, f.tlsCert, f.tlsKey = "[::]:8443", "%d/tls-cert", "%d/tls-key"
 			return f
@@ -573,7 +577,7 @@ var execStartCases = []struct {
 		name: "readme mtls with bootstrap token",
 		cfg:  `import ./testdata/nix/readme-mtls.nix`,
 		argv: strings.Fields("--listen 0.0.0.0:8443 --db-path /var/lib/nixfleet-cp/state.db --executor-interval 2s" +
-			" --report-retention 168h --log-level info --tls-cert %d/tls-cert --tls-key %d/tls-key" +
+			" --report-retention 168h --log-level info --stale-after 4m --drift-grace 10m --tls-cert %d/tls-cert --tls-key %d/tls-key" +
 			" --client-ca %d/client-ca --bootstrap-token-file %d/bootstrap-token"),
 		flags: func(f moduleFlags) moduleFlags {
 			f.listen, f.tlsCert, f.tlsKey, f.clientCA = "0.0.0.0:8443", "%d/tls-cert", "%d/tls-key", "%d/client-ca"
@@ -593,12 +597,13 @@ var execStartCases = []struct {
 	{
 		name: "tuned with extraArgs",
 		cfg: `{ enable = true; listen = "127.0.0.1:9000"; dbPath = "/srv/nixfleet/state.db"; executorInterval = "500ms";
-			reportRetention = "720h"; logLevel = "warn"; extraArgs = [ "--log-level=debug" "--report-retention" "336h" ]; }`,
+			reportRetention = "720h"; logLevel = "warn"; staleAfter = "15m"; driftGrace = "1h"; extraArgs = [ "--log-level=debug" "--report-retention" "336h" ]; }`,
 		argv: strings.Fields("--listen 127.0.0.1:9000 --db-path /srv/nixfleet/state.db --executor-interval 500ms" +
-			" --report-retention 720h --log-level warn --log-level=debug --report-retention 336h"),
+			" --report-retention 720h --log-level warn --stale-after 15m --drift-grace 1h --log-level=debug --report-retention 336h"),
 		flags: func(f moduleFlags) moduleFlags {
 			f.listen, f.dbPath, f.executorInterval = "127.0.0.1:9000", "/srv/nixfleet/state.db", 500*time.Millisecond
 			f.reportRetention, f.logLevel = 336*time.Hour, "debug" // extraArgs come last and win
+			f.staleAfter, f.driftGrace = 15*time.Minute, time.Hour
 			return f
 		},
 	},

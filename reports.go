@@ -266,6 +266,7 @@ func applyReport(t *txn, id string, req *reportRequest) error {
 	rec := m.clone()
 	rec.CurrentGen = *req.CurrentGeneration
 	rec.LastSuccess = boolInt(*req.Success)
+	rec.LastFailure = failureMessage(*req.Success, *req.Message)
 	rec.LastSeen = t.now
 	rec.AgentTS = req.agentTS
 	rec.AgentVersion = *req.AgentVersion

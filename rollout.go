@@ -261,13 +261,20 @@ func rolloutChanged(tx *txn, rid string) {
 		if err != nil {
 			return err
 		}
-		active, err := tx.countActiveRollouts()
+		byStatus, err := tx.countRolloutsByStatus()
 		if err != nil {
 			return err
+		}
+		var active int64 // nixfleet_rollouts_active: created, running or paused
+		for i, st := range rolloutStatuses {
+			if st == rolloutCreated || st == rolloutRunning || st == rolloutPaused {
+				active += byStatus[i]
+			}
 		}
 		tx.afterCommit(func() {
 			tx.s.fleet.setMembership(rid, hint[rid], watching[rid])
 			tx.s.metrics.rolloutsActive.Store(active)
+			tx.s.metrics.storeRolloutsByStatus(byStatus)
 		})
 		return nil
 	})

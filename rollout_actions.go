@@ -156,44 +156,80 @@ func (cp *controlPlane) createRollout(ctx context.Context, actor string, req cre
 
 func createRolloutTx(tx *txn, req createRolloutRequest, actor string) (createRolloutResponse, error) {
 	var resp createRolloutResponse
-	rel, err := tx.releaseHeader(*req.ReleaseID)
+	p, err := planRollout(tx.dbq, tx.s.fleet, tx.machine, req, actor)
 	if err != nil {
 		return resp, err
+	}
+	r := p.r
+	r.ID = "r-" + newUUID()
+	if err := tx.insertRollout(r, p.batches, p.paths); err != nil {
+		return resp, err
+	}
+	detail := fmt.Sprintf("strategy=%s machines=%d batches=%d skipped=%d", r.Strategy, len(p.machines), len(p.batches), len(p.skipped))
+	if err := applyRollout(tx, r, onStart, actor, &detail, "strategy", r.Strategy); err != nil {
+		return resp, err
+	}
+	resp = createRolloutResponse{RolloutID: r.ID, Batches: make([]plannedBatch, len(p.batches)), TotalMachines: len(p.machines), Skipped: p.skipped}
+	for i, ids := range p.batches {
+		resp.Batches[i] = plannedBatch{BatchIndex: i, MachineIDs: ids, Status: string(batchPending)}
+	}
+	return resp, nil
+}
+
+// rolloutPlan is everything create decides before its first insert.
+type rolloutPlan struct {
+	r              *rolloutRow // without its ID
+	machines       []string    // sorted
+	batches        [][]string
+	paths          map[string]string // the release's store path per hostname
+	skipped        []skippedMachine  // sorted by machine id, as create answers them
+	decommissioned []string          // a tag target's decommissioned matches (not in skipped, §9.1)
+}
+
+// planRollout is the one planning function of create and of its dry-run
+// (§9.1 steps 2–6): release, target, release entries, the conflict check,
+// the effective settings and the batches. It reads through d and looks
+// machines up with machine (the transaction's view in create). It returns
+// a 404 for an unknown release, a *validationError when no machine is left
+// to deploy, and a 409 for a machine already in an active rollout.
+func planRollout(d dbq, fl *fleet, machine func(string) *machineRec, req createRolloutRequest, actor string) (*rolloutPlan, error) {
+	rel, err := d.releaseHeader(*req.ReleaseID)
+	if err != nil {
+		return nil, err
 	}
 	if rel == nil {
-		return resp, notFoundf("release %s not found", *req.ReleaseID)
+		return nil, notFoundf("release %s not found", *req.ReleaseID)
 	}
-	selected, skipped := resolveTarget(tx, req.Target)
+	p := &rolloutPlan{}
+	var selected []string
+	selected, p.skipped, p.decommissioned = resolveTarget(fl, machine, req.Target)
 	if len(selected) == 0 {
-		return resp, invalidf("no active machines match the target")
+		return nil, invalidf("no active machines match the target")
 	}
-	paths, err := tx.releasePaths(rel.ID)
-	if err != nil {
-		return resp, err
+	if p.paths, err = d.releasePaths(rel.ID); err != nil {
+		return nil, err
 	}
-	var machines []string
 	for _, id := range selected {
-		if _, ok := paths[id]; ok {
-			machines = append(machines, id)
+		if _, ok := p.paths[id]; ok {
+			p.machines = append(p.machines, id)
 		} else {
-			skipped = append(skipped, skippedMachine{id, "not in release"})
+			p.skipped = append(p.skipped, skippedMachine{id, "not in release"})
 		}
 	}
-	if len(machines) == 0 {
-		return resp, invalidf("no machines match both the target and release %s", rel.ID)
+	if len(p.machines) == 0 {
+		return nil, invalidf("no machines match both the target and release %s", rel.ID)
 	}
-	busy, err := tx.activeMembers()
+	busy, err := d.activeMembers()
 	if err != nil {
-		return resp, err
+		return nil, err
 	}
-	for _, id := range machines { // sorted: the first conflict is the smallest id
+	for _, id := range p.machines { // sorted: the first conflict is the smallest id
 		if rid, ok := busy[id]; ok {
-			return resp, conflictf("machine %s is in active rollout %s", id, rid)
+			return nil, conflictf("machine %s is in active rollout %s", id, rid)
 		}
 	}
-
 	r := &rolloutRow{
-		ID: "r-" + newUUID(), ReleaseID: rel.ID, Strategy: *req.Strategy,
+		ReleaseID: rel.ID, Strategy: *req.Strategy,
 		BatchSizes:       effectiveBatchSizes(*req.Strategy, req.BatchSizes),
 		FailureThreshold: *req.FailureThreshold, OnFailure: *req.OnFailure,
 		HealthTimeout: *req.HealthTimeout, SoakSeconds: *req.SoakSeconds, CacheURL: req.CacheURL,
@@ -205,28 +241,19 @@ func createRolloutTx(tx *txn, req createRolloutRequest, actor string) (createRol
 	if r.TargetValues == nil {
 		r.TargetKind, r.TargetValues = "hosts", req.Target.Hosts
 	}
-	batches := planBatches(machines, r.BatchSizes, rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())))
-	if err := tx.insertRollout(r, batches, paths); err != nil {
-		return resp, err
-	}
-	slices.SortFunc(skipped, func(a, b skippedMachine) int { return strings.Compare(a.MachineID, b.MachineID) })
-	detail := fmt.Sprintf("strategy=%s machines=%d batches=%d skipped=%d", r.Strategy, len(machines), len(batches), len(skipped))
-	if err := applyRollout(tx, r, onStart, actor, &detail, "strategy", r.Strategy); err != nil {
-		return resp, err
-	}
-	resp = createRolloutResponse{RolloutID: r.ID, Batches: make([]plannedBatch, len(batches)), TotalMachines: len(machines), Skipped: skipped}
-	for i, ids := range batches {
-		resp.Batches[i] = plannedBatch{BatchIndex: i, MachineIDs: ids, Status: string(batchPending)}
-	}
-	return resp, nil
+	p.r = r
+	p.batches = planBatches(p.machines, r.BatchSizes, rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())))
+	slices.SortFunc(p.skipped, func(a, b skippedMachine) int { return strings.Compare(a.MachineID, b.MachineID) })
+	return p, nil
 }
 
 // resolveTarget selects the target's active machines, sorted, and lists the
-// others it names as skipped (§9.1 step 4).
-func resolveTarget(tx *txn, t *rolloutTarget) (selected []string, skipped []skippedMachine) {
+// others it names as skipped (§9.1 step 4). A tag target's decommissioned
+// matches are not skipped but returned apart, sorted, for the dry-run.
+func resolveTarget(fl *fleet, machine func(string) *machineRec, t *rolloutTarget) (selected []string, skipped []skippedMachine, decommissioned []string) {
 	skipped = []skippedMachine{}
 	if t.Tags != nil {
-		tx.s.fleet.each(func(m *machineRec) {
+		fl.each(func(m *machineRec) {
 			if !m.hasTags(t.Tags) {
 				return
 			}
@@ -234,13 +261,14 @@ func resolveTarget(tx *txn, t *rolloutTarget) (selected []string, skipped []skip
 			case lcActive:
 				selected = append(selected, m.ID)
 			case lcDecommissioned:
+				decommissioned = append(decommissioned, m.ID)
 			default:
 				skipped = append(skipped, skippedMachine{m.ID, "lifecycle " + string(m.Lifecycle)})
 			}
 		})
 	} else {
 		for _, h := range t.Hosts {
-			switch m := tx.machine(h); {
+			switch m := machine(h); {
 			case m == nil:
 				skipped = append(skipped, skippedMachine{h, "not registered"})
 			case m.Lifecycle != lcActive:
@@ -251,7 +279,8 @@ func resolveTarget(tx *txn, t *rolloutTarget) (selected []string, skipped []skip
 		}
 	}
 	slices.Sort(selected)
-	return selected, skipped
+	slices.Sort(decommissioned)
+	return selected, skipped, decommissioned
 }
 
 func batchID(rid string, index int) string { return fmt.Sprintf("%s-b%d", rid, index) }

@@ -313,6 +313,16 @@ func busyErr(err error) error {
 	return err
 }
 
+// busyErr wraps SQLITE_BUSY as the function busyErr does, and counts each
+// refusal in nixfleet_db_busy_total (the NixfleetDatabaseBusy alert).
+func (s *store) busyErr(err error) error {
+	err = busyErr(err)
+	if errors.Is(err, errBusy) {
+		s.metrics.dbBusy.Add(1)
+	}
+	return err
+}
+
 // queryer is what *sql.DB, *sql.Tx and *sql.Conn offer for reads.
 type queryer interface {
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
@@ -395,7 +405,7 @@ func (s *store) write(ctx context.Context, fn func(tx *txn) error) error {
 	defer s.mu.Unlock()
 	t, err := s.begin(ctx)
 	if err != nil {
-		return busyErr(err)
+		return s.busyErr(err)
 	}
 	returned := false
 	defer func() {
@@ -407,9 +417,9 @@ func (s *store) write(ctx context.Context, fn func(tx *txn) error) error {
 	returned = true
 	if err != nil {
 		t.rollback()
-		return busyErr(err)
+		return s.busyErr(err)
 	}
-	return busyErr(t.commit())
+	return s.busyErr(t.commit())
 }
 
 // begin starts a write transaction; the caller holds s.mu.

@@ -148,6 +148,21 @@ func (s *store) loadFleet(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// The attention reason of a machine whose latest report failed quotes it
+	// (attention.go); one indexed lookup per such machine.
+	_, err = queryAll(d, "load latest failures", func(row scanner) (struct{}, error) {
+		var id, msg string
+		err := row.Scan(&id, &msg)
+		if m := ms[id]; err == nil && m != nil {
+			m.LastFailure = failureMessage(false, msg)
+		}
+		return struct{}{}, err
+	}, `SELECT m.machine_id, r.message FROM machine m JOIN report r ON r.id = (SELECT id FROM report
+		WHERE machine_id = m.machine_id ORDER BY received_at DESC, id DESC LIMIT 1)
+		WHERE m.last_success = 0`)
+	if err != nil {
+		return err
+	}
 	// The audit flood bound looks back one window: rebuild it from the rows
 	// the agents wrote in the last minute (§6.5).
 	_, err = queryAll(d, "load recent agent audit rows", func(row scanner) (struct{}, error) {

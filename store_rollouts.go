@@ -4,6 +4,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"slices"
 )
 
 // Rollouts, their batches, machines and events (§9, §12.2).
@@ -144,6 +145,22 @@ func (d dbq) countActiveRollouts() (int64, error) {
 		return 0, fmt.Errorf("count active rollouts: %w", err)
 	}
 	return n, nil
+}
+
+// countRolloutsByStatus counts the stored rollouts per status, in the order
+// of rolloutStatuses.
+func (d dbq) countRolloutsByStatus() ([6]int64, error) {
+	var counts [6]int64
+	_, err := queryAll(d, "count rollouts by status", func(row scanner) (struct{}, error) {
+		var status string
+		var n int64
+		err := row.Scan(&status, &n)
+		if i := slices.Index(rolloutStatuses, rolloutStatus(status)); err == nil && i >= 0 {
+			counts[i] = n
+		}
+		return struct{}{}, err
+	}, "SELECT status, count(*) FROM rollout GROUP BY status")
+	return counts, err
 }
 
 // activeMembers returns, for every machine of an active rollout, that

@@ -39,5 +39,5 @@ func evaluateBatch(r *rolloutRow, b batchRow, members []memberRow, reports map[s
 		}
 		sums[mem.MachineID] = s
 	}
-	return evaluateSummaries(r, b, members, sums, lifecycleOf, now)
+	return evaluateSummaries(r, b, members, sums, lifecycleOf, nil, now)
 }
