@@ -429,6 +429,7 @@ func newApp(ctx context.Context, c appConfig) (*app, error) {
 	a := &app{st: st, m: m, cp: cp, log: c.log, stopLoops: func() {}}
 	a.exec = newExecutor(st, m, c.log, c.now)
 	st.wakeExecutor = a.exec.wake
+	st.log = c.log
 	a.srv = newServer(cp, m, c.log, c.mode, bootstrapGuard{token: c.bootstrapToken, cns: c.bootstrapCNs})
 	a.ret = &retention{st: st, log: c.log, period: c.reportRetention}
 	a.goLoop(func() { st.runReportWriter(c.log) })
