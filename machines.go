@@ -107,6 +107,16 @@ func (cp *controlPlane) listMachines(f machineFilter) []machineStatus {
 	return out
 }
 
+// getMachine returns the status of one machine, whatever its lifecycle, from
+// the in-memory fleet index, or a 404 naming it.
+func (cp *controlPlane) getMachine(id string) (machineStatus, error) {
+	m := cp.st.fleet.get(id)
+	if m == nil {
+		return machineStatus{}, notFoundf("machine %s not found", id)
+	}
+	return m.status(cp.st.now().UnixMilli()), nil
+}
+
 // changeLifecycle moves the machine to a new lifecycle with the effects of
 // §7.3: decommissioning clears the desired generation, audited with actor.
 // The caller checks the transition and writes its own audit row for it.
