@@ -188,6 +188,10 @@ func wantsHelp(args []string) bool {
 // a *usageError for exit code 2 and any other error for exit code 1.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	cmd := "serve"
+	if len(args) > 0 && wantsHelp(args[:1]) { // a bare -h or --help: the overview (§1.1)
+		fmt.Fprint(stdout, usageText)
+		return nil
+	}
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		cmd, args = args[0], args[1:]
 	} else if len(args) > 0 && (args[0] == "--version" || args[0] == "-version") {
