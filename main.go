@@ -44,11 +44,14 @@ var version = "dev"
 // binary was built without -ldflags from a git checkout (`go build`, not
 // `go run`, which stamps no revision), or "dev".
 func versionString() string {
-	if version != "dev" {
-		return version
-	}
-	info, ok := debug.ReadBuildInfo()
-	if !ok {
+	info, _ := debug.ReadBuildInfo()
+	return versionFrom(version, info)
+}
+
+// versionFrom is versionString for a given link-time version and build
+// information (nil when there is none).
+func versionFrom(version string, info *debug.BuildInfo) string {
+	if version != "dev" || info == nil {
 		return version
 	}
 	var rev, dirty string

@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"testing"
@@ -377,20 +378,44 @@ func TestHelpAndVersionFlags(t *testing.T) {
 	}
 }
 
-// TestVersionFromBuildInfo checks the version a binary built from a git
-// checkout without -ldflags prints: dev-<commit> (or plain dev when the
-// toolchain stamped no revision), and the -ldflags value when given.
+// TestVersionFromBuildInfo checks the version the built binary prints with
+// --version: dev-<commit> from a git checkout, or plain dev when the
+// toolchain stamped no revision (go run, -buildvcs=false). The -ldflags value
+// and the fallback rules are TestVersionFrom's.
 func TestVersionFromBuildInfo(t *testing.T) {
-	code, out := runBinaryStdout(t, buildBinary(t), "version")
-	if code != 0 || !regexp.MustCompile(`^nixfleet-control-plane dev(-[0-9a-f]{12}(-dirty)?)? go\S+\n$`).MatchString(out) {
-		t.Fatalf("version: %d %q", code, out)
-	}
-	bin := filepath.Join(t.TempDir(), "cp")
-	if b, err := exec.Command("go", "build", "-o", bin, "-ldflags", "-X main.version=1.2.3", ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, b)
-	}
-	if code, out := runBinaryStdout(t, bin, "--version"); code != 0 || !strings.HasPrefix(out, "nixfleet-control-plane 1.2.3 go") {
+	code, out := runBinaryStdout(t, buildBinary(t), "--version")
+	if code != 0 || !regexp.MustCompile(`^nixfleet-control-plane dev(-[0-9a-f]{1,12}(-dirty)?)? go\S+\n$`).MatchString(out) {
 		t.Fatalf("--version: %d %q", code, out)
+	}
+}
+
+// TestVersionFrom covers the fallback of versionString: the link-time value
+// wins; otherwise the VCS revision stamped by the toolchain, shortened to 12
+// digits and marked -dirty for a modified tree; otherwise dev.
+func TestVersionFrom(t *testing.T) {
+	stamped := func(kv ...string) *debug.BuildInfo {
+		info := &debug.BuildInfo{}
+		for i := 0; i < len(kv); i += 2 {
+			info.Settings = append(info.Settings, debug.BuildSetting{Key: kv[i], Value: kv[i+1]})
+		}
+		return info
+	}
+	rev := "0123456789abcdef0123456789abcdef01234567"
+	for _, tc := range []struct {
+		version string
+		info    *debug.BuildInfo
+		want    string
+	}{
+		{"1.2.3", stamped("vcs.revision", rev), "1.2.3"},
+		{"dev", nil, "dev"},
+		{"dev", stamped(), "dev"},
+		{"dev", stamped("vcs.revision", rev, "vcs.modified", "false"), "dev-0123456789ab"},
+		{"dev", stamped("vcs.revision", rev, "vcs.modified", "true"), "dev-0123456789ab-dirty"},
+		{"dev", stamped("vcs.revision", "abc"), "dev-abc"},
+	} {
+		if got := versionFrom(tc.version, tc.info); got != tc.want {
+			t.Errorf("versionFrom(%q, %v) = %q, want %q", tc.version, tc.info, got, tc.want)
+		}
 	}
 }
 
