@@ -573,8 +573,28 @@ func TestProgressLog(t *testing.T) {
 		got = append(got, rest)
 	}
 	rtWantStrings(t, "progress log lines", got, want)
+	// An operator pause says so; a failure with on_failure=revert logs the revert.
+	e.advance(time.Minute) // the reports above are older than the next batch
+	body = rtHostsRollout(rel, "all_at_once", "m1")
+	body["on_failure"] = "revert"
+	rid2 := e.create(body).RolloutID
+	expect(t, e.action(rid2, "pause", nil), 200, "")
+	expect(t, e.action(rid2, "resume", nil), 200, "")
+	e.pass() // deploying
+	e.advance(time.Second)
+	e.report(healthBody("m1", rtRelPath("m1"), "nginx.service"))
+	e.pass() // failed, reverted
+	for _, want := range []string{
+		fmt.Sprintf(`level=INFO msg="rollout paused" rollout=%s status=paused from=running actor=apikey:deployer reason=manual detail="Paused by operator"`, rid2),
+		fmt.Sprintf(`level=WARN msg="rollout reverted" rollout=%s status=failed from=running actor=executor reason="batch failure + revert" restored=1 cleared=0 detail="Batch failure triggered revert"`, rid2),
+	} {
+		if !strings.Contains(e.ts.logs.String(), want) {
+			t.Errorf("log lacks %s\nlog:\n%s", want, e.ts.logs.String())
+		}
+	}
+
 	for line := range strings.Lines(e.ts.logs.String()) {
-		failure := strings.Contains(line, `msg="batch failed"`) || strings.Contains(line, `msg="rollout paused"`) ||
+		failure := strings.Contains(line, `msg="batch failed"`) || strings.Contains(line, `reason="batch failure`) ||
 			strings.Contains(line, `msg="machine failed health gate"`)
 		if failure && !strings.Contains(line, "level=WARN") || strings.Contains(line, `msg="rollout created"`) && !strings.Contains(line, "level=INFO") {
 			t.Errorf("wrong level: %s", line)
