@@ -60,6 +60,7 @@ func (s *server) routes() {
 	s.handle("GET /api/v1/machines/{id}/desired-generation", agent, s.desiredGeneration)
 	s.handle("POST /api/v1/machines/{id}/report", agent, s.report)
 	s.handle("GET /api/v1/machines", anyRole, s.listMachines)
+	s.handle("GET /api/v1/machines/{id}", anyRole, s.getMachine) // beyond SPEC §4.1: one MachineStatus
 	s.handle("POST /api/v1/machines/{id}/register", adminRole, s.register)
 	s.handle("PATCH /api/v1/machines/{id}/lifecycle", adminRole, s.patchLifecycle)
 	s.handle("PUT /api/v1/machines/{id}/tags", adminRole, s.putTags)

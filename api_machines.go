@@ -86,6 +86,16 @@ func (s *server) listMachines(w http.ResponseWriter, r *http.Request, _ *princip
 	return writeJSON(w, http.StatusOK, s.cp.listMachines(f))
 }
 
+// getMachine handles GET /api/v1/machines/{id}: one MachineStatus (§5.3).
+// The id was checked by checkPathIDs.
+func (s *server) getMachine(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	ms, err := s.cp.getMachine(r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, ms)
+}
+
 // register handles POST /api/v1/machines/{id}/register.
 func (s *server) register(w http.ResponseWriter, r *http.Request, p *principal) error {
 	id := r.PathValue("id")

@@ -268,11 +268,14 @@ func (s *server) logBootstrapGuard(ctx context.Context) {
 		s.log.Info("bootstrap is closed: API keys exist")
 	case s.mode == "mtls" && g.token == "" && len(g.cns) == 0:
 		s.log.Warn("no API keys exist and " + bootstrapClosed)
+	case g.token != "" && s.mode == "mtls":
+		s.log.Info("no API keys exist: POST /api/v1/keys/bootstrap requires the secret of --bootstrap-token-file " +
+			"and a client certificate with a single CN that is not a registered machine")
 	case g.token != "":
 		s.log.Info("no API keys exist: POST /api/v1/keys/bootstrap requires the secret of --bootstrap-token-file")
 	case s.mode == "mtls":
-		s.log.Info("no API keys exist: POST /api/v1/keys/bootstrap accepts client certificates whose CN is in --bootstrap-cn",
-			"cns", strings.Join(g.cns, ","))
+		s.log.Info("no API keys exist: POST /api/v1/keys/bootstrap accepts client certificates whose CN is in --bootstrap-cn "+
+			"and is not a registered machine", "cns", strings.Join(g.cns, ","))
 	default:
 		s.log.Warn("no API keys exist: POST /api/v1/keys/bootstrap is open",
 			"hint", "set --bootstrap-token-file to require a one-time secret")

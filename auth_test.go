@@ -663,3 +663,43 @@ func TestNoSecretsInLogs(t *testing.T) {
 		}
 	}
 }
+
+// TestBootstrapGuardLog checks that the startup log says exactly how
+// bootstrap is guarded, for every combination of mode, token file and
+// --bootstrap-cn, and that it is closed once a key exists (§3.3).
+func TestBootstrapGuardLog(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		o    testServerOptions
+		want string
+	}{
+		{"plain, no token", testServerOptions{},
+			`level=WARN msg="no API keys exist: POST /api/v1/keys/bootstrap is open" hint="set --bootstrap-token-file to require a one-time secret"`},
+		{"tls, no token", testServerOptions{mode: "tls"},
+			`level=WARN msg="no API keys exist: POST /api/v1/keys/bootstrap is open"`},
+		{"plain, token", testServerOptions{bootstrapToken: "0123456789abcdef"},
+			`level=INFO msg="no API keys exist: POST /api/v1/keys/bootstrap requires the secret of --bootstrap-token-file"` + "\n"},
+		{"mtls, token", testServerOptions{mode: "mtls", bootstrapToken: "0123456789abcdef"},
+			`level=INFO msg="no API keys exist: POST /api/v1/keys/bootstrap requires the secret of --bootstrap-token-file and a client certificate with a single CN that is not a registered machine"`},
+		{"mtls, CNs", testServerOptions{mode: "mtls", bootstrapCNs: []string{"operator", "ops"}},
+			`level=INFO msg="no API keys exist: POST /api/v1/keys/bootstrap accepts client certificates whose CN is in --bootstrap-cn and is not a registered machine" cns=operator,ops`},
+		{"mtls, neither", testServerOptions{mode: "mtls"},
+			`level=WARN msg="no API keys exist and ` + bootstrapClosed + `"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ts := newTestServer(t, tc.o)
+			ts.srv.logBootstrapGuard(t.Context())
+			if logs := ts.logs.String(); !strings.Contains(logs, tc.want) {
+				t.Fatalf("log lacks %s:\n%s", tc.want, logs)
+			}
+		})
+	}
+	t.Run("a key exists", func(t *testing.T) {
+		ts := newTestServer(t, testServerOptions{})
+		bootstrapKey(t, ts.client(""), ts.url)
+		ts.srv.logBootstrapGuard(t.Context())
+		if logs := ts.logs.String(); !strings.Contains(logs, `level=INFO msg="bootstrap is closed: API keys exist"`) {
+			t.Fatalf("log:\n%s", logs)
+		}
+	})
+}

@@ -339,6 +339,9 @@ func (e *executor) evaluate(ctx context.Context, snap *stepSnapshot, now int64) 
 			if err := tx.setMemberHealth(r.ID, c.MachineID, c.Health, c.Reason); err != nil {
 				return err
 			}
+			if c.Health == healthUnhealthy {
+				logUnhealthy(tx, r.ID, b.Index, c.MachineID, c.Reason)
+			}
 		}
 		switch {
 		case v.outcome == outcomeWait && batchChanged:

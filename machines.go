@@ -134,6 +134,16 @@ func (cp *controlPlane) conditionOf(m *machineRec) condition {
 	return cp.st.fleet.policy.condition(m, cp.st.now().UnixMilli(), in)
 }
 
+// getMachine returns the status of one machine, whatever its lifecycle, from
+// the in-memory fleet index, or a 404 naming it.
+func (cp *controlPlane) getMachine(id string) (machineStatus, error) {
+	m := cp.st.fleet.get(id)
+	if m == nil {
+		return machineStatus{}, notFoundf("machine %s not found", id)
+	}
+	return m.status(cp.st.now().UnixMilli(), cp.conditionOf(m)), nil
+}
+
 // changeLifecycle moves the machine to a new lifecycle with the effects of
 // §7.3: decommissioning clears the desired generation, audited with actor.
 // The caller checks the transition and writes its own audit row for it.

@@ -648,3 +648,29 @@ func TestActiveRolloutConflicts(t *testing.T) {
 		}
 	})
 }
+
+// TestGetMachine covers GET /api/v1/machines/{id} (beyond SPEC §4.1): any
+// role gets the one MachineStatus the list shows, whatever the lifecycle; an
+// unknown id is a 404 naming it, an invalid id a 400, and no key a 401.
+func TestGetMachine(t *testing.T) {
+	e := newTestEnv(t)
+	expect(t, e.report(t, "web-01", healthBody("web-01", storePath('a', "sys"))), 200, "")
+	expect(t, e.register(t, "db-01", map[string]any{"lifecycle": "pending", "tags": []string{"db"}}), 201, "")
+	for _, id := range []string{"web-01", "db-01"} {
+		for _, key := range []string{e.R, e.D, e.A} {
+			r := do(t, e.c, "GET", e.url+"/api/v1/machines/"+id, key, nil)
+			expect(t, r, 200, "")
+			var got machineStatus
+			r.json(t, &got)
+			if want := e.mustMachine(t, id); !sameMachineStatus(got, want) {
+				t.Fatalf("GET %s: %+v, want the listed %+v", id, got, want)
+			}
+		}
+	}
+	expect(t, do(t, e.c, "GET", e.url+"/api/v1/machines/ghost-01", e.R, nil), 404, "machine ghost-01 not found")
+	r := do(t, e.c, "GET", e.url+"/api/v1/machines/web%2A01", e.R, nil)
+	if r.status != 400 || !strings.Contains(r.errMsg(t), "machine id") {
+		t.Fatalf("invalid id: %d %s", r.status, r.body)
+	}
+	authExpect401(t, do(t, e.c, "GET", e.url+"/api/v1/machines/web-01", "", nil), "missing API key")
+}

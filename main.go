@@ -25,6 +25,8 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -32,8 +34,42 @@ import (
 	"time"
 )
 
-// version is set at link time with -ldflags "-X main.version=…".
+// version is set at link time with -ldflags "-X main.version=…". When it is
+// left at "dev", versionString falls back to the VCS revision that the Go
+// toolchain stamps into binaries built from a git checkout.
 var version = "dev"
+
+// versionString is the version to print and export: the link-time version,
+// or "dev-<12-digit revision>[-dirty]" from the build information when the
+// binary was built without -ldflags from a git checkout (`go build`, not
+// `go run`, which stamps no revision), or "dev".
+func versionString() string {
+	info, _ := debug.ReadBuildInfo()
+	return versionFrom(version, info)
+}
+
+// versionFrom is versionString for a given link-time version and build
+// information (nil when there is none).
+func versionFrom(version string, info *debug.BuildInfo) string {
+	if version != "dev" || info == nil {
+		return version
+	}
+	var rev, dirty string
+	for _, s := range info.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				dirty = "-dirty"
+			}
+		}
+	}
+	if rev == "" {
+		return version
+	}
+	return "dev-" + rev[:min(12, len(rev))] + dirty
+}
 
 func main() {
 	ctx, cancel := context.WithCancel(context.Background())
@@ -72,10 +108,16 @@ const usageText = `Usage:
   nixfleet-control-plane [serve] [flags]     run the control plane server
   nixfleet-control-plane keys create --name N [--role R] [--expires-at T] [--db-path P]
                                              create an API key offline and print it
-  nixfleet-control-plane version             print the version
-  nixfleet-control-plane help                print this help
+  nixfleet-control-plane version             print the version (also --version)
+  nixfleet-control-plane help [COMMAND]      print this help, or a command's help with an example
+                                             (also COMMAND --help)
 
-Server flags (each also read from its environment variable; a flag wins):
+` + serveFlagsText + `
+Example:
+  nixfleet-control-plane serve --listen 127.0.0.1:8080 --db-path ./state.db
+`
+
+const serveFlagsText = `Server flags (each also read from its environment variable; a flag wins):
   --listen HOST:PORT            NIXFLEET_CP_LISTEN (default 0.0.0.0:8080)
   --db-path PATH                NIXFLEET_CP_DB_PATH (default /var/lib/nixfleet-cp/state.db)
   --tls-cert FILE               NIXFLEET_CP_TLS_CERT: PEM server certificate chain
@@ -94,19 +136,80 @@ Server flags (each also read from its environment variable; a flag wins):
                                 generation than its desired one for longer, outside a rollout, is drifted
 `
 
+// commandHelp is the help of each subcommand (`help CMD`, `CMD --help`),
+// each with an example.
+var commandHelp = map[string]string{
+	"serve": `Usage: nixfleet-control-plane [serve] [flags]
+
+Run the control plane server: the agent and operator API, /health and
+/metrics on one listener, state in one SQLite file, progress in the log.
+
+` + serveFlagsText + `
+Examples:
+  nixfleet-control-plane serve --listen 127.0.0.1:8080 --db-path ./state.db
+  nixfleet-control-plane --listen 0.0.0.0:8443 --db-path /var/lib/nixfleet-cp/state.db \
+    --tls-cert cp-cert.pem --tls-key cp-key.pem --client-ca ca.pem --bootstrap-token-file bootstrap-token
+`,
+	"keys": `Usage: nixfleet-control-plane keys create --name N [--role R] [--expires-at T] [--db-path P]
+
+Create an API key offline, straight in the database (the server may be
+running), audited as system:cli. The key is printed alone on stdout, shown
+only this once.
+
+Flags:
+  --name N          key name (required; unique among keys that are not revoked)
+  --role R          admin, deploy or readonly (default readonly)
+  --expires-at T    expiry: an RFC 3339 time (2027-01-01T00:00:00Z) or a duration
+                    from now: 30d, 12h, 90m, 1h30m (d is 24h); default: never
+  --db-path P       NIXFLEET_CP_DB_PATH (default /var/lib/nixfleet-cp/state.db)
+
+Example:
+  nixfleet-control-plane keys create --name emergency --role admin --expires-at 1d \
+    --db-path /var/lib/nixfleet-cp/state.db
+`,
+	"version": `Usage: nixfleet-control-plane version   (or --version)
+
+Print "nixfleet-control-plane <version> <go version>". The version is set at
+link time with -ldflags "-X main.version=1.2.3"; without it a binary built
+from a git checkout prints dev-<commit>, and otherwise dev.
+
+Example:
+  nixfleet-control-plane version
+`,
+	"help": `Usage: nixfleet-control-plane help [serve|keys|version|help]
+
+Print the overview, or the help of one command with an example.
+COMMAND --help prints the same.
+
+Example:
+  nixfleet-control-plane help keys
+`,
+}
+
+// wantsHelp reports whether args ask for help (-h, -help or --help).
+func wantsHelp(args []string) bool {
+	return slices.ContainsFunc(args, func(a string) bool { return a == "-h" || a == "-help" || a == "--help" })
+}
+
 // run is the whole program: main only adds signals and exit codes. It returns
 // a *usageError for exit code 2 and any other error for exit code 1.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	cmd := "serve"
+	if len(args) > 0 && wantsHelp(args[:1]) { // a bare -h or --help: the overview (§1.1)
+		fmt.Fprint(stdout, usageText)
+		return nil
+	}
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		cmd, args = args[0], args[1:]
+	} else if len(args) > 0 && (args[0] == "--version" || args[0] == "-version") {
+		cmd, args = "version", args[1:]
+	}
+	if _, known := commandHelp[cmd]; known && cmd != "help" && wantsHelp(args) {
+		fmt.Fprint(stdout, commandHelp[cmd])
+		return nil
 	}
 	switch cmd {
 	case "serve":
-		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "-help") {
-			fmt.Fprint(stdout, usageText)
-			return nil
-		}
 		cfg, err := parseServeFlags(args, getenv)
 		if err != nil {
 			return err
@@ -114,7 +217,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return serve(ctx, cfg, stderr, nil)
 	case "keys":
 		if len(args) == 0 || args[0] != "create" {
-			fmt.Fprint(stderr, usageText)
+			fmt.Fprint(stderr, commandHelp["keys"])
 			return &usageError{msg: "unknown keys subcommand; want \"keys create\""}
 		}
 		return keysCreate(ctx, args[1:], getenv, stdout, stderr)
@@ -122,10 +225,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		if len(args) > 0 {
 			return usagef("version takes no arguments")
 		}
-		fmt.Fprintf(stdout, "nixfleet-control-plane %s %s\n", version, runtime.Version())
+		fmt.Fprintf(stdout, "nixfleet-control-plane %s %s\n", versionString(), runtime.Version())
 		return nil
 	case "help":
-		fmt.Fprint(stdout, usageText)
+		switch {
+		case len(args) == 0 || wantsHelp(args[:1]):
+			fmt.Fprint(stdout, usageText)
+		case len(args) <= 2 && commandHelp[args[0]] != "":
+			fmt.Fprint(stdout, commandHelp[args[0]]) // "help keys create" too
+		default:
+			fmt.Fprint(stderr, usageText)
+			return usagef("no help for %q: want serve, keys, version or help", strings.Join(args, " "))
+		}
 		return nil
 	default:
 		fmt.Fprint(stderr, usageText)
@@ -458,6 +569,7 @@ func newApp(ctx context.Context, c appConfig) (*app, error) {
 	a := &app{st: st, m: m, cp: cp, log: c.log, stopLoops: func() {}}
 	a.exec = newExecutor(st, m, c.log, c.now)
 	st.wakeExecutor = a.exec.wake
+	st.log = c.log
 	a.srv = newServer(cp, m, c.log, c.mode, bootstrapGuard{token: c.bootstrapToken, cns: c.bootstrapCNs})
 	a.ret = &retention{st: st, log: c.log, period: c.reportRetention}
 	a.goLoop(func() { st.runReportWriter(c.log) })
@@ -613,7 +725,7 @@ func keysCreate(ctx context.Context, args []string, getenv func(string) string, 
 	}
 	var expires *int64
 	if expiresAt != "" {
-		ms, err := checkExpiry("--expires-at", expiresAt, time.Now())
+		ms, err := parseExpiresAt(expiresAt, time.Now())
 		if err != nil {
 			return usagef("%v", err)
 		}
@@ -641,4 +753,29 @@ func keysCreate(ctx context.Context, args []string, getenv func(string) string, 
 	fmt.Fprintln(stdout, created.Key)
 	fmt.Fprintf(stderr, "created key id=%d name=%s role=%s\n", created.ID, created.Name, created.Role)
 	return nil
+}
+
+// parseExpiresAt reads `keys create --expires-at`: a duration from now
+// ("30d", with d as 24 h, or a positive Go duration such as "12h", "90m" or
+// "1h30m", at most 100 years) or an RFC 3339 time in the future, as for
+// POST /api/v1/keys (which takes only RFC 3339: its expires_at is a
+// timestamp on the wire, §4.27). It returns Unix milliseconds.
+func parseExpiresAt(v string, now time.Time) (int64, error) {
+	const maxExpiry = 100 * 365 * 24 * time.Hour
+	var d time.Duration
+	if days, ok := strings.CutSuffix(v, "d"); ok && isDigits(days) && len(days) <= 5 {
+		n, _ := strconv.Atoi(days)
+		d = time.Duration(n) * 24 * time.Hour
+	} else if pd, err := time.ParseDuration(v); err == nil {
+		d = pd
+	} else {
+		if _, err := parseTime(v); err != nil {
+			return 0, invalidf("--expires-at: want an RFC 3339 time or a duration such as 30d, 12h or 90m")
+		}
+		return checkExpiry("--expires-at", v, now) // "must be in the future"
+	}
+	if d <= 0 || d > maxExpiry {
+		return 0, invalidf("--expires-at: a duration must be positive and at most 100 years")
+	}
+	return now.Add(d).UnixMilli(), nil
 }

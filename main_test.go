@@ -11,10 +11,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"testing"
@@ -356,5 +361,138 @@ func TestShutdownDuringRequest(t *testing.T) {
 	mustScan(t, sdb.QueryRow("SELECT count(*) FROM report"), &n)
 	if n != 1 {
 		t.Fatalf("%d reports stored", n)
+	}
+}
+
+// TestHelpAndVersionFlags covers the help of every subcommand (help CMD and
+// CMD --help print the same text, with an example, on stdout) and --version.
+func TestHelpAndVersionFlags(t *testing.T) {
+	env := func(string) string { return "" }
+	runOut := func(args ...string) (string, string, error) {
+		var out, errOut bytes.Buffer
+		err := run(context.Background(), args, env, &out, &errOut)
+		return out.String(), errOut.String(), err
+	}
+	for cmd, text := range commandHelp {
+		if !strings.Contains(text, "Example") || !strings.Contains(text, "nixfleet-control-plane "+cmd) {
+			t.Errorf("help of %s lacks an example of itself:\n%s", cmd, text)
+		}
+		invocations := [][]string{{"help", cmd}, {cmd, "--help"}, {cmd, "-h"}}
+		if cmd == "keys" {
+			invocations = append(invocations, []string{"help", "keys", "create"}, []string{"keys", "create", "--help"})
+		}
+		if cmd == "help" {
+			invocations = [][]string{{"help", "help"}}
+		}
+		for _, args := range invocations {
+			out, errOut, err := runOut(args...)
+			if err != nil || out != text || errOut != "" {
+				t.Errorf("%q: err %v, stderr %q, stdout:\n%s", args, err, errOut, out)
+			}
+		}
+	}
+	for _, args := range [][]string{{"help"}, {"--help"}, {"-h"}, {"help", "--help"}} {
+		out, _, err := runOut(args...)
+		if err != nil || out != usageText {
+			t.Errorf("%q: %v %q", args, err, out)
+		}
+	}
+	if _, _, err := runOut("help", "bogus"); err == nil {
+		t.Error("help bogus: no usage error")
+	}
+	for _, args := range [][]string{{"--version"}, {"-version"}, {"version"}} {
+		out, _, err := runOut(args...)
+		if err != nil || out != "nixfleet-control-plane "+versionString()+" "+runtime.Version()+"\n" {
+			t.Errorf("%q: %v %q", args, err, out)
+		}
+	}
+}
+
+// TestVersionFromBuildInfo checks the version the built binary prints with
+// --version: dev-<commit> from a git checkout, or plain dev when the
+// toolchain stamped no revision (go run, -buildvcs=false). The -ldflags value
+// and the fallback rules are TestVersionFrom's.
+func TestVersionFromBuildInfo(t *testing.T) {
+	code, out := runBinaryStdout(t, buildBinary(t), "--version")
+	if code != 0 || !regexp.MustCompile(`^nixfleet-control-plane dev(-[0-9a-f]{1,12}(-dirty)?)? go\S+\n$`).MatchString(out) {
+		t.Fatalf("--version: %d %q", code, out)
+	}
+}
+
+// TestVersionFrom covers the fallback of versionString: the link-time value
+// wins; otherwise the VCS revision stamped by the toolchain, shortened to 12
+// digits and marked -dirty for a modified tree; otherwise dev.
+func TestVersionFrom(t *testing.T) {
+	stamped := func(kv ...string) *debug.BuildInfo {
+		info := &debug.BuildInfo{}
+		for i := 0; i < len(kv); i += 2 {
+			info.Settings = append(info.Settings, debug.BuildSetting{Key: kv[i], Value: kv[i+1]})
+		}
+		return info
+	}
+	rev := "0123456789abcdef0123456789abcdef01234567"
+	for _, tc := range []struct {
+		version string
+		info    *debug.BuildInfo
+		want    string
+	}{
+		{"1.2.3", stamped("vcs.revision", rev), "1.2.3"},
+		{"dev", nil, "dev"},
+		{"dev", stamped(), "dev"},
+		{"dev", stamped("vcs.revision", rev, "vcs.modified", "false"), "dev-0123456789ab"},
+		{"dev", stamped("vcs.revision", rev, "vcs.modified", "true"), "dev-0123456789ab-dirty"},
+		{"dev", stamped("vcs.revision", "abc"), "dev-abc"},
+	} {
+		if got := versionFrom(tc.version, tc.info); got != tc.want {
+			t.Errorf("versionFrom(%q, %v) = %q, want %q", tc.version, tc.info, got, tc.want)
+		}
+	}
+}
+
+// runBinaryStdout runs bin with args and returns its exit code and stdout.
+func runBinaryStdout(t *testing.T, bin string, args ...string) (int, string) {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	out, err := cmd.Output()
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		t.Fatal(err)
+	}
+	return cmd.ProcessState.ExitCode(), string(out)
+}
+
+// TestKeysCreateExpiresAtDuration covers `keys create --expires-at` with a
+// duration (30d, 12h, 90m, 1h30m) as well as RFC 3339, and its refusals.
+func TestKeysCreateExpiresAtDuration(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "state.db")
+	st, err := openStore(context.Background(), db, time.Now, newMetrics())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.close()
+	for i, tc := range []struct {
+		arg  string
+		want time.Duration
+	}{{"30d", 30 * 24 * time.Hour}, {"12h", 12 * time.Hour}, {"90m", 90 * time.Minute}, {"1h30m", 90 * time.Minute}} {
+		before := time.Now()
+		var out, errOut bytes.Buffer
+		args := []string{"keys", "create", "--name", fmt.Sprintf("k%d", i), "--expires-at", tc.arg, "--db-path", db}
+		if err := run(context.Background(), args, func(string) string { return "" }, &out, &errOut); err != nil {
+			t.Fatalf("%s: %v %s", tc.arg, err, errOut.String())
+		}
+		after := time.Now()
+		var ms int64
+		sdb := openDB(t, db)
+		mustScan(t, sdb.QueryRow(`SELECT expires_at FROM api_key WHERE name = ?`, fmt.Sprintf("k%d", i)), &ms)
+		if got := time.UnixMilli(ms); got.Before(before.Add(tc.want).Truncate(time.Millisecond)) || got.After(after.Add(tc.want)) {
+			t.Errorf("%s: expires_at %v, want now + %v", tc.arg, got, tc.want)
+		}
+	}
+	for _, bad := range []string{"0d", "-1h", "0s", "36501d", "soon", "2001-01-01T00:00:00Z"} {
+		args := []string{"keys", "create", "--name", "bad", "--expires-at", bad, "--db-path", db}
+		var ue *usageError
+		if err := run(context.Background(), args, func(string) string { return "" }, io.Discard, io.Discard); !errors.As(err, &ue) {
+			t.Errorf("%s: got %v, want a usage error", bad, err)
+		}
 	}
 }

@@ -281,7 +281,7 @@ func (m *metrics) writeTo(out io.Writer) error {
 	e.counterVec("nixfleet_auth_failures_total", "Authentication and authorisation failures (401s, role 403s, CN 403s), by reason.", m.authFailures)
 
 	e.header("nixfleet_build_info", "gauge", "Build information; always 1.")
-	e.sample("nixfleet_build_info", []string{"goversion", "version"}, []string{runtime.Version(), version}, 1)
+	e.sample("nixfleet_build_info", []string{"goversion", "version"}, []string{runtime.Version(), versionString()}, 1)
 
 	e.header("nixfleet_db_busy_total", "counter", "Write transactions refused because another process held the database's write lock past the busy timeout (answered 503).")
 	e.sample("nixfleet_db_busy_total", nil, nil, float64(m.dbBusy.Load()))

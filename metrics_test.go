@@ -328,7 +328,7 @@ func TestMetricsHTTPRequests(t *testing.T) {
 		label, status     string
 	}{
 		{"GET", "/never", "", "unmatched", "404"},
-		{"GET", "/api/v1/machines/web-01", e.R, "unmatched", "404"},
+		{"GET", "/api/v1/machines/web-01/nothing", e.R, "unmatched", "404"},
 		{"PUT", "/api/v1/machines", e.A, "unmatched", "405"},
 		{"PUT", "/api/v1/machines", "", "unmatched", "401"}, // no method matches: authenticated first (§2.6)
 		{"PURGE", "/api/v1/releases", e.A, "unmatched", "405"},

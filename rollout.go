@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"log/slog"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -71,7 +73,8 @@ const (
 
 // transition is one row of the transition table: from any status in from,
 // trigger on leads to to, writing a rollout event of type event (if any) and
-// an audit row with action audit (if any). refuse is the 409 message for an
+// an audit row with action audit (if any), and once committed the progress
+// log line msg (if any; see logTransition). refuse is the 409 message for an
 // operator action attempted from another status (fmt arguments: the current
 // status, the rollout id).
 type transition struct {
@@ -80,6 +83,7 @@ type transition struct {
 	to     string
 	event  string
 	audit  string
+	msg    string
 	refuse string
 }
 
@@ -87,27 +91,29 @@ type transition struct {
 // changes exist; TestTransitionTable walks it.
 var transitions = []transition{
 	// Rollouts. "created" is never observable: create and start are one transaction.
-	{from: []string{"created"}, on: onStart, to: "running", event: "status_change", audit: "rollout.created"},
-	{from: []string{"running"}, on: onComplete, to: "completed", event: "status_change", audit: "rollout.completed"},
-	{from: []string{"running"}, on: onFailPause, to: "paused", event: "status_change", audit: "rollout.paused"},
-	{from: []string{"running"}, on: onFailRevert, to: "failed", event: "status_change", audit: "rollout.failed"},
-	{from: []string{"running"}, on: onPause, to: "paused", event: "status_change", audit: "rollout.paused",
+	{from: []string{"created"}, on: onStart, to: "running", event: "status_change", audit: "rollout.created", msg: "rollout created"},
+	{from: []string{"running"}, on: onComplete, to: "completed", event: "status_change", audit: "rollout.completed", msg: "rollout completed"},
+	{from: []string{"running"}, on: onFailPause, to: "paused", event: "status_change", audit: "rollout.paused", msg: "rollout paused"},
+	{from: []string{"running"}, on: onFailRevert, to: "failed", event: "status_change", audit: "rollout.failed", msg: "rollout reverted"},
+	{from: []string{"running"}, on: onPause, to: "paused", event: "status_change", audit: "rollout.paused", msg: "rollout paused",
 		refuse: "rollout is %[1]s, not running"},
-	{from: []string{"paused"}, on: onResume, to: "running", event: "status_change", audit: "rollout.resumed",
+	{from: []string{"paused"}, on: onResume, to: "running", event: "status_change", audit: "rollout.resumed", msg: "rollout resumed",
 		refuse: "rollout is %[1]s, not paused"},
 	{from: []string{"created", "running", "paused"}, on: onCancel, to: "cancelled", event: "status_change", audit: "rollout.cancelled",
-		refuse: "rollout is %[1]s, cannot cancel"},
+		msg: "rollout cancelled", refuse: "rollout is %[1]s, cannot cancel"},
 	{from: []string{"completed", "failed", "cancelled"}, on: onDelete, to: string(rolloutDeleted), audit: "rollout.deleted",
+		msg:    "rollout deleted",
 		refuse: "rollout %[2]s cannot be deleted: status is %[1]s (must be completed, cancelled, or failed)"},
 
-	// Batches. Cancel freezes every batch as it is.
-	{from: []string{"pending"}, on: onDeploy, to: "deploying", event: "batch_started", audit: "batch.deploying"},
+	// Batches. Cancel freezes every batch as it is. A batch that starts to
+	// wait or soak is not logged: the next line is its verdict.
+	{from: []string{"pending"}, on: onDeploy, to: "deploying", event: "batch_started", audit: "batch.deploying", msg: "batch deploying"},
 	{from: []string{"deploying", "waiting_health"}, on: onWait, to: "waiting_health"},
-	{from: []string{"deploying", "waiting_health"}, on: onSucceed, to: "succeeded", event: "batch_completed", audit: "batch.succeeded"},
-	{from: []string{"deploying", "waiting_health"}, on: onFail, to: "failed", event: "batch_failed", audit: "batch.failed"},
-	{from: []string{"failed"}, on: onRetry, to: "pending"},
-	{from: []string{"deploying"}, on: onRestart, to: "deploying"},
-	{from: []string{"waiting_health"}, on: onRestart, to: "waiting_health"},
+	{from: []string{"deploying", "waiting_health"}, on: onSucceed, to: "succeeded", event: "batch_completed", audit: "batch.succeeded", msg: "batch healthy"},
+	{from: []string{"deploying", "waiting_health"}, on: onFail, to: "failed", event: "batch_failed", audit: "batch.failed", msg: "batch failed"},
+	{from: []string{"failed"}, on: onRetry, to: "pending", msg: "batch retrying"},
+	{from: []string{"deploying"}, on: onRestart, to: "deploying", msg: "batch restarted"},
+	{from: []string{"waiting_health"}, on: onRestart, to: "waiting_health", msg: "batch restarted"},
 }
 
 // lookupTransition returns the row for (from, on), or nil.
@@ -181,6 +187,11 @@ func applyRollout(tx *txn, r *rolloutRow, on trigger, actor string, auditDetail 
 		return err
 	}
 	r.Status = to
+	attrs := append([]any{"rollout", r.ID, "status", to, "from", from, "actor", actor}, extra...)
+	if auditDetail != nil {
+		attrs = append(attrs, "detail", *auditDetail)
+	}
+	logTransition(tx, t, attrs)
 	tx.afterCommit(func() {
 		if slices.Contains(rolloutCountedStatuses, string(to)) {
 			tx.s.metrics.rolloutsTotal.inc(string(to))
@@ -246,11 +257,35 @@ func applyBatch(tx *txn, r *rolloutRow, b *batchRow, on trigger, c batchChange) 
 			return err
 		}
 	}
+	logTransition(tx, t, append([]any{"rollout", r.ID, "batch", b.Index, "status", nb.Status, "from", b.Status}, c.event...))
 	*b = nb
 	return nil
 }
 
 const actorExecutor = "executor"
+
+// logTransition writes the progress line of transition t (§1.6 style: msg
+// and key/value attributes), once tx has committed: a transition that rolls
+// back logs nothing. Failures (a batch failing, a rollout paused or reverted
+// by one) are warnings; rows without msg are not logged.
+func logTransition(tx *txn, t *transition, attrs []any) {
+	if t.msg == "" {
+		return
+	}
+	level := slog.LevelInfo
+	if t.on == onFail || t.on == onFailPause || t.on == onFailRevert {
+		level = slog.LevelWarn
+	}
+	tx.afterCommit(func() { tx.s.log.Log(context.Background(), level, t.msg, attrs...) })
+}
+
+// logUnhealthy writes, once tx has committed, the line of a machine that
+// failed the health gate of batch b of rollout rid, with the reason.
+func logUnhealthy(tx *txn, rid string, batch int, machine, reason string) {
+	tx.afterCommit(func() {
+		tx.s.log.Warn("machine failed health gate", "rollout", rid, "batch", batch, "machine", machine, "reason", reason)
+	})
+}
 
 // rolloutChanged schedules, once per rollout and transaction, the refresh of
 // the rollout's derived state: computed just before the commit (so it sees

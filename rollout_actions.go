@@ -130,9 +130,13 @@ type plannedBatch struct {
 	Status     string   `json:"status"`
 }
 
-// createRolloutResponse is the 201 body of POST /api/v1/rollouts (§5.5).
+// createRolloutResponse is the 201 body of POST /api/v1/rollouts (§5.5),
+// with one extra key (§0.3 allows extras): batch_sizes, the effective sizes
+// of §9.2, so that a staged rollout sent without batch_sizes shows the
+// ["100%"] it got.
 type createRolloutResponse struct {
 	RolloutID     string           `json:"rollout_id"`
+	BatchSizes    []string         `json:"batch_sizes"`
 	Batches       []plannedBatch   `json:"batches"`
 	TotalMachines int              `json:"total_machines"`
 	Skipped       []skippedMachine `json:"skipped"`
@@ -169,7 +173,7 @@ func createRolloutTx(tx *txn, req createRolloutRequest, actor string) (createRol
 	if err := applyRollout(tx, r, onStart, actor, &detail, "strategy", r.Strategy); err != nil {
 		return resp, err
 	}
-	resp = createRolloutResponse{RolloutID: r.ID, Batches: make([]plannedBatch, len(p.batches)), TotalMachines: len(p.machines), Skipped: p.skipped}
+	resp = createRolloutResponse{RolloutID: r.ID, BatchSizes: r.BatchSizes, Batches: make([]plannedBatch, len(p.batches)), TotalMachines: len(p.machines), Skipped: p.skipped}
 	for i, ids := range p.batches {
 		resp.Batches[i] = plannedBatch{BatchIndex: i, MachineIDs: ids, Status: string(batchPending)}
 	}

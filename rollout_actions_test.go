@@ -264,10 +264,13 @@ func TestRolloutCreateResponseACC82and83(t *testing.T) {
 		strategy string
 		sizes    []string
 		want     []int
+		eff      []string // the batch_sizes echoed in the response (§9.2's effective sizes)
 	}{
-		{"canary over 5", ms[:5], "canary", nil, []int{1, 4}},
-		{"all_at_once over 3", ms[:3], "all_at_once", nil, []int{3}},
-		{"staged 1,25%,100% over 20", ms, "staged", []string{"1", "25%", "100%"}, []int{1, 5, 14}},
+		{"canary over 5", ms[:5], "canary", nil, []int{1, 4}, []string{"1", "100%"}},
+		{"all_at_once over 3", ms[:3], "all_at_once", nil, []int{3}, []string{"100%"}},
+		{"staged 1,25%,100% over 20", ms, "staged", []string{"1", "25%", "100%"}, []int{1, 5, 14}, []string{"1", "25%", "100%"}},
+		{"staged without batch_sizes over 4", ms[:4], "staged", nil, []int{4}, []string{"100%"}},
+		{"staged with [] over 2", ms[4:6], "staged", []string{}, []int{2}, []string{"100%"}},
 	}
 	for _, tc := range cases {
 		t.Run("ACC-83 "+tc.name, func(t *testing.T) {
@@ -284,6 +287,9 @@ func TestRolloutCreateResponseACC82and83(t *testing.T) {
 			r.json(t, &cr)
 			if !rtRolloutIDRE.MatchString(cr.RolloutID) || len(cr.RolloutID) != 38 {
 				t.Fatalf("rollout_id %q", cr.RolloutID)
+			}
+			if !slices.Equal(cr.BatchSizes, tc.eff) {
+				t.Fatalf("batch_sizes %q, want %q", cr.BatchSizes, tc.eff)
 			}
 			var sizes []int
 			var all []string

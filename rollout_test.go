@@ -504,3 +504,100 @@ func TestTransitionTable(t *testing.T) {
 		}
 	})
 }
+
+// TestProgressLog runs a staged rollout through every logged transition and
+// checks the server log: one line per rollout and batch transition, with the
+// rollout, batch, status and counts, and one line per machine failing its
+// health gate with the reason. A transition whose transaction rolls back
+// logs nothing.
+func TestProgressLog(t *testing.T) {
+	e := rtNewExecEnv(t)
+	ids := []string{"m1", "m2", "m3"}
+	e.register(ids...)
+	rel := e.release(nil, ids...)
+	body := rtHostsRollout(rel, "staged", ids...)
+	body["batch_sizes"] = []string{"1", "100%"}
+	cr := e.create(body)
+	rid := cr.RolloutID
+	first, rest := cr.Batches[0].MachineIDs[0], cr.Batches[1].MachineIDs
+
+	e.pass() // batch 0 deploying
+	e.healthy(first)
+	e.pass() // batch 0 healthy, batch 1 deploying
+	e.healthy(rest[0])
+	e.report(reportBody(rest[1], rtRelPath(rest[1]), true, "deployed"))
+	e.report(healthBody(rest[1], rtRelPath(rest[1]), "nginx.service"))
+	e.pass() // batch 1 failed, rollout paused
+	expect(t, e.action(rid, "resume", nil), 200, "")
+	expect(t, e.action(rid, "cancel", nil), 200, "")
+
+	// A transition that rolls back logs nothing.
+	before := e.ts.logs.String()
+	err := e.ts.st.write(e.ctx, func(tx *txn) error {
+		r, err := tx.rollout(rid)
+		if err != nil {
+			return err
+		}
+		if err := applyRollout(tx, r, onDelete, "apikey:deployer", nil); err != nil {
+			return err
+		}
+		return errors.New("roll back")
+	})
+	if err == nil || err.Error() != "roll back" {
+		t.Fatalf("write: %v", err)
+	}
+	if after := e.ts.logs.String(); after != before {
+		t.Errorf("a rolled-back transition logged:\n%s", strings.TrimPrefix(after, before))
+	}
+
+	// Every line in order, from msg on (the time and level come first).
+	want := []string{
+		fmt.Sprintf(`msg="rollout created" rollout=%s status=running from=created actor=apikey:deployer strategy=staged detail="strategy=staged machines=3 batches=2 skipped=0"`, rid),
+		fmt.Sprintf(`msg="batch deploying" rollout=%s batch=0 status=deploying from=pending machines=1 skipped=0`, rid),
+		fmt.Sprintf(`msg="batch healthy" rollout=%s batch=0 status=succeeded from=waiting_health healthy=1 unhealthy=0`, rid),
+		fmt.Sprintf(`msg="batch deploying" rollout=%s batch=1 status=deploying from=pending machines=2 skipped=0`, rid),
+		fmt.Sprintf(`msg="machine failed health gate" rollout=%s batch=1 machine=%s reason="health check failed: nginx.service"`, rid, rest[1]),
+		fmt.Sprintf(`msg="batch failed" rollout=%s batch=1 status=failed from=waiting_health unhealthy=1 threshold=0`, rid),
+		fmt.Sprintf(`msg="rollout paused" rollout=%s status=paused from=running actor=executor reason="batch failure" detail="Batch failure triggered pause"`, rid),
+		fmt.Sprintf(`msg="rollout resumed" rollout=%s status=running from=paused actor=apikey:deployer`, rid),
+		fmt.Sprintf(`msg="batch retrying" rollout=%s batch=1 status=pending from=failed`, rid),
+		fmt.Sprintf(`msg="rollout cancelled" rollout=%s status=cancelled from=running actor=apikey:deployer`, rid),
+	}
+	var got []string
+	for line := range strings.Lines(e.ts.logs.String()) {
+		if !strings.Contains(line, "rollout="+rid) || strings.Contains(line, `msg=request`) {
+			continue
+		}
+		_, rest, _ := strings.Cut(strings.TrimSpace(line), " level=")
+		_, rest, _ = strings.Cut(rest, " ")
+		got = append(got, rest)
+	}
+	rtWantStrings(t, "progress log lines", got, want)
+	// An operator pause says so; a failure with on_failure=revert logs the revert.
+	e.advance(time.Minute) // the reports above are older than the next batch
+	body = rtHostsRollout(rel, "all_at_once", "m1")
+	body["on_failure"] = "revert"
+	rid2 := e.create(body).RolloutID
+	expect(t, e.action(rid2, "pause", nil), 200, "")
+	expect(t, e.action(rid2, "resume", nil), 200, "")
+	e.pass() // deploying
+	e.advance(time.Second)
+	e.report(healthBody("m1", rtRelPath("m1"), "nginx.service"))
+	e.pass() // failed, reverted
+	for _, want := range []string{
+		fmt.Sprintf(`level=INFO msg="rollout paused" rollout=%s status=paused from=running actor=apikey:deployer reason=manual detail="Paused by operator"`, rid2),
+		fmt.Sprintf(`level=WARN msg="rollout reverted" rollout=%s status=failed from=running actor=executor reason="batch failure + revert" restored=1 cleared=0 detail="Batch failure triggered revert"`, rid2),
+	} {
+		if !strings.Contains(e.ts.logs.String(), want) {
+			t.Errorf("log lacks %s\nlog:\n%s", want, e.ts.logs.String())
+		}
+	}
+
+	for line := range strings.Lines(e.ts.logs.String()) {
+		failure := strings.Contains(line, `msg="batch failed"`) || strings.Contains(line, `reason="batch failure`) ||
+			strings.Contains(line, `msg="machine failed health gate"`)
+		if failure && !strings.Contains(line, "level=WARN") || strings.Contains(line, `msg="rollout created"`) && !strings.Contains(line, "level=INFO") {
+			t.Errorf("wrong level: %s", line)
+		}
+	}
+}

@@ -63,6 +63,11 @@ type store struct {
 	// wakeExecutor is called after a commit that gives the rollout executor
 	// work: a report from a watched machine, a rollout created or resumed.
 	wakeExecutor func()
+
+	// log receives the progress lines of rollouts (rollout.go), written
+	// after their commit. It discards them until newApp sets the process
+	// logger (`keys create` never sets it).
+	log *slog.Logger
 }
 
 // lockDatabase takes an exclusive lock on a file beside the database (path
@@ -126,7 +131,8 @@ func openStore(ctx context.Context, path string, now func() time.Time, m *metric
 	// up front and never fails half-way with SQLITE_BUSY on lock upgrade.
 	base := "file:" + (&url.URL{Path: path}).EscapedPath()
 	pragmas := "_busy_timeout=5000&_foreign_keys=1&_journal_mode=WAL&_synchronous=FULL"
-	s := &store{path: path, now: now, metrics: m, fleet: newFleet(), reports: newReportQueue()}
+	s := &store{path: path, now: now, metrics: m, fleet: newFleet(), reports: newReportQueue(),
+		log: slog.New(slog.DiscardHandler)}
 	fail := func(err error) (*store, error) {
 		s.closePools()
 		return nil, fmt.Errorf("open database %s: %w", path, err)
