@@ -223,9 +223,16 @@ func (b *bench) idleRun(ctx context.Context, mode string, n int, request bool) (
 		r.settled = later.rss
 		r.held = min(r.held, later.fds-base.fds)
 	} else {
-		// The sampler may miss a fast phase: one more sample now.
-		if now, err := sampleDaemon(d); err == nil && now.fds > peak.fds {
-			peak = now
+		// Plain connections may still wait in the listen backlog when the
+		// clients are done: sample until the daemon holds them all (or 3 s).
+		for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+			now, err := sampleDaemon(d)
+			if err == nil && now.fds > peak.fds {
+				peak = now
+			}
+			if peak.fds-base.fds >= n-r.clientFails {
+				break
+			}
 		}
 		r.held, r.rss = peak.fds-base.fds, peak.rss
 	}
