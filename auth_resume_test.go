@@ -110,6 +110,9 @@ func BenchmarkMTLSHandshake(b *testing.B) {
 			b.Run(kind+"/"+curves, func(b *testing.B) { benchmarkHandshake(b, pki, cfg, kind, curves) })
 		}
 	}
+	// The same connection without TLS: what accepting, writing one byte and
+	// closing cost by themselves.
+	b.Run("tcp-only", func(b *testing.B) { benchmarkHandshake(b, pki, nil, "tcp", "") })
 }
 
 func benchmarkHandshake(b *testing.B, pki *testPKI, cfg *tls.Config, kind, curves string) {
@@ -137,6 +140,10 @@ func benchmarkHandshake(b *testing.B, pki *testPKI, cfg *tls.Config, kind, curve
 			return false, err
 		}
 		defer c.Close()
+		if cfg == nil {
+			_, err := c.Write([]byte{1})
+			return false, err
+		}
 		tc := tls.Server(c, cfg)
 		if err := tc.HandshakeContext(context.Background()); err != nil {
 			return false, err
@@ -166,7 +173,7 @@ func benchmarkHandshake(b *testing.B, pki *testPKI, cfg *tls.Config, kind, curve
 		if err != nil {
 			b.Fatal(err)
 		}
-		if resumed != (kind == "resumed") {
+		if cfg != nil && resumed != (kind == "resumed") {
 			wrong++
 		}
 	}
@@ -212,8 +219,12 @@ func TestHandshakeClientProcess(t *testing.T) {
 	if curves == "x25519" {
 		cfg.CurvePreferences = []tls.CurveID{tls.X25519}
 	}
+	dial := func() (net.Conn, error) { return tls.Dial("tcp", addr, cfg) }
+	if kind == "tcp" {
+		dial = func() (net.Conn, error) { return net.Dial("tcp", addr) }
+	}
 	for i := 0; ; i++ {
-		c, err := tls.Dial("tcp", addr, cfg)
+		c, err := dial()
 		if err != nil {
 			if i == 0 {
 				t.Fatal(err)
