@@ -207,7 +207,10 @@ in
       example = [ "--log-level=debug" ];
       description = ''
         Extra arguments appended to the command line. They come last, so a flag given here overrides the one the
-        module sets.
+        module sets. A fleet of more than about 9,000 agents needs `--max-connections` (default 10000) raised to its
+        size plus room for operators, for example `"--max-connections=31000"` for 30,000 agents: every agent keeps
+        a connection open between polls (the idle timeout, 120 s, outlasts the 60 s poll), at about 45 KiB of
+        memory each in mTLS mode and 20 KiB in plain mode (README, "Connections and memory").
       '';
     };
 
@@ -337,8 +340,9 @@ in
           # No capabilities at all (the empty string clears the bounding set), except the one needed to bind a
           # port below 1024 as a non-root user.
           CapabilityBoundingSet = if privilegedPort then "CAP_NET_BIND_SERVICE" else "";
-          # Each agent poll, admin client and report may hold a connection; the default soft limit of 1024
-          # would cap a large fleet.
+          # Each agent keeps a connection open between polls, and admin clients hold some too; the default soft
+          # limit of 1024 would cap a large fleet. 65536 leaves room for about 64,000 agents (with
+          # --max-connections raised); a larger fleet raises both.
           LimitNOFILE = 65536;
         }
         // lib.optionalAttrs (credentials != [ ]) {

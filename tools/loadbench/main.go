@@ -16,6 +16,7 @@
 //	fleet                      open-loop realistic fleet: N machines polling and reporting every 60 s
 //	rollout                    a staged rollout over N agents that answer instantly
 //	restart                    restart on 100,000 machines and 1,000,000 reports; GET /api/v1/machines
+//	idle                       daemon RSS with N idle keep-alive connections, silent and after one request each
 //
 // "ingest" and "poll" select both transports. Run from the repository root:
 //
@@ -54,6 +55,13 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == idleClientArg {
+		if err := runIdleClient(os.Args[2:]); err != nil {
+			fmt.Fprintf(os.Stderr, "loadbench idle client: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if len(os.Args) > 1 && os.Args[1] == ceilingArg {
 		if err := runCeiling(os.Args[2:]); err != nil {
 			fmt.Fprintf(os.Stderr, "loadbench ceiling: %v\n", err)
@@ -106,16 +114,21 @@ type config struct {
 	rolloutPoll     time.Duration
 	rolloutMode     string
 	healthTimeout   int
+
+	// Idle connections.
+	idleConns  []int
+	idleModes  []string
+	idleSettle time.Duration
 }
 
 // allScenarios is the default list, in the order they run.
-var allScenarios = []string{"ingest-plain", "ingest-mtls", "poll-plain", "poll-mtls", "fleet", "rollout", "restart"}
+var allScenarios = []string{"ingest-plain", "ingest-mtls", "poll-plain", "poll-mtls", "fleet", "rollout", "restart", "idle"}
 
 // parseConfig parses the flags. -quick changes the defaults of the flags that
 // were not given explicitly.
 func parseConfig(args []string, stderr io.Writer) (config, error) {
 	var c config
-	var scenarios string
+	var scenarios, idleConns, idleModes string
 	fs := flag.NewFlagSet("loadbench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&c.root, "root", "", "repository root `dir` (default: the directory of the go.mod that go env GOMOD names)")
@@ -139,6 +152,9 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&c.rolloutPoll, "rollout-poll", 5*time.Second, "poll interval of the rollout agents (the daemon's poll_hint is 5 s)")
 	fs.StringVar(&c.rolloutMode, "rollout-mode", modeMTLS, "rollout transport: mtls or plain")
 	fs.IntVar(&c.healthTimeout, "health-timeout", 300, "health_timeout of the rollout, seconds")
+	fs.StringVar(&idleConns, "idle-conns", "5000,10000,18000", "idle scenario: connection counts, comma-separated (each on a fresh daemon)")
+	fs.StringVar(&idleModes, "idle-mode", "mtls,plain", "idle scenario: transports, comma-separated: mtls, plain")
+	fs.DurationVar(&c.idleSettle, "idle-settle", 5*time.Second, "idle scenario: wait before the second memory sample")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -151,7 +167,7 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 		quick := map[string]string{
 			"duration": "3s", "warmup": "500ms", "clients": "16", "machines": "2000", "reports": "20000",
 			"fleet-duration": "3s", "fleet-compress": "10", "fleet-workers": "64",
-			"rollout-machines": "200", "rollout-poll": "1s",
+			"rollout-machines": "200", "rollout-poll": "1s", "idle-conns": "1000", "idle-settle": "1s",
 		}
 		for name, v := range quick {
 			if !set[name] {
@@ -178,6 +194,17 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 		return slices.Index(allScenarios, a) - slices.Index(allScenarios, b)
 	})
 	c.scenarios = slices.Compact(c.scenarios)
+
+	var err error
+	if c.idleConns, err = parseCounts(idleConns); err != nil {
+		return c, err
+	}
+	for _, m := range strings.Split(idleModes, ",") {
+		if m = strings.TrimSpace(m); m != modePlain && m != modeMTLS {
+			return c, errors.New("-idle-mode: want mtls, plain or both")
+		}
+		c.idleModes = append(c.idleModes, m)
+	}
 
 	switch {
 	case c.duration <= 0 || c.warmup < 0 || c.fleetDuration <= 0:
@@ -275,7 +302,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	for _, s := range []struct {
 		name string
 		fn   func(context.Context) error
-	}{{"fleet", b.runFleet}, {"rollout", b.runRollout}, {"restart", b.runRestart}} {
+	}{{"fleet", b.runFleet}, {"rollout", b.runRollout}, {"restart", b.runRestart}, {"idle", b.runIdle}} {
 		if slices.Contains(sc, s.name) {
 			if err := runOne(s.name, s.fn); err != nil {
 				return err

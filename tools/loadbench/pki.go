@@ -27,8 +27,10 @@ type pki struct {
 	caKey  *ecdsa.PrivateKey
 	roots  *x509.CertPool
 
-	// Files for the servers' --tls-cert, --tls-key and --client-ca.
-	serverCertFile, serverKeyFile, caFile string
+	// Files for the servers' --tls-cert, --tls-key and --client-ca, and the
+	// CA key with which the idle scenario's client processes (loadPKI) issue
+	// their own client certificates.
+	serverCertFile, serverKeyFile, caFile, caKeyFile string
 
 	mu      sync.Mutex
 	clients map[string]*tls.Certificate
@@ -84,7 +86,12 @@ func newPKI(dir string) (*pki, error) {
 		return nil, fmt.Errorf("encode server key: %w", err)
 	}
 
+	caKeyDER, err := x509.MarshalPKCS8PrivateKey(caKey)
+	if err != nil {
+		return nil, fmt.Errorf("encode CA key: %w", err)
+	}
 	p.caFile = filepath.Join(dir, "ca.pem")
+	p.caKeyFile = filepath.Join(dir, "ca-key.pem")
 	p.serverCertFile = filepath.Join(dir, "server.pem")
 	p.serverKeyFile = filepath.Join(dir, "server-key.pem")
 	files := []struct {
@@ -94,6 +101,7 @@ func newPKI(dir string) (*pki, error) {
 		{p.caFile, "CERTIFICATE", caDER},
 		{p.serverCertFile, "CERTIFICATE", serverDER},
 		{p.serverKeyFile, "PRIVATE KEY", serverKeyDER},
+		{p.caKeyFile, "PRIVATE KEY", caKeyDER},
 	}
 	for _, f := range files {
 		b := pem.EncodeToMemory(&pem.Block{Type: f.typ, Bytes: f.der})
@@ -101,6 +109,39 @@ func newPKI(dir string) (*pki, error) {
 			return nil, fmt.Errorf("write %s: %w", f.path, err)
 		}
 	}
+	return p, nil
+}
+
+// loadPKI reads the CA that newPKI wrote (certificate and key), so that a
+// client process can issue client certificates the servers trust.
+func loadPKI(caFile, caKeyFile string) (*pki, error) {
+	certPEM, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, err
+	}
+	keyPEM, err := os.ReadFile(caKeyFile)
+	if err != nil {
+		return nil, err
+	}
+	cb, _ := pem.Decode(certPEM)
+	kb, _ := pem.Decode(keyPEM)
+	if cb == nil || kb == nil {
+		return nil, fmt.Errorf("%s or %s: no PEM block", caFile, caKeyFile)
+	}
+	caCert, err := x509.ParseCertificate(cb.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("parse %s: %w", caFile, err)
+	}
+	k, err := x509.ParsePKCS8PrivateKey(kb.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("parse %s: %w", caKeyFile, err)
+	}
+	caKey, ok := k.(*ecdsa.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("%s: not an ECDSA key", caKeyFile)
+	}
+	p := &pki{caCert: caCert, caKey: caKey, roots: x509.NewCertPool(), clients: map[string]*tls.Certificate{}}
+	p.roots.AddCert(caCert)
 	return p, nil
 }
 
