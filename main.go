@@ -447,35 +447,84 @@ const (
 // plain mode (Go's bufio and TLS buffers, the parsed client certificate, a
 // goroutine stack, and garbage-collector headroom), so the default bounds that
 // cost near 450 MiB. Every mTLS agent holds its own connection for as long as
-// it polls, so a fleet of more than about 9,000 agents needs the flag raised
-// to its size plus room for operators, and 45 KiB of memory per agent
-// (README, "Connections and memory"; BENCHMARKS.md).
+// it polls; beyond the cap, the connections idle the longest are closed to
+// admit new ones (limitListener), so a larger fleet is still served at the
+// cost of more handshakes. Raising the flag to the fleet's size plus room for
+// operators avoids those, at 45 KiB of memory per agent (README,
+// "Connections and memory"; BENCHMARKS.md).
 const defaultMaxConnections = 10000
 
-// limitListener serves at most cap(sem) connections at once. At the cap,
-// Accept waits for one to close, so new clients wait in the kernel's listen
-// backlog rather than growing the process without bound.
+// limitListener serves at most cap(sem) connections at once. At the cap it
+// first closes the keep-alive connection that has been idle the longest (its
+// client reconnects when it next needs to, as after IdleTimeout), so a fleet
+// larger than the cap still gets served; only when every connection is busy
+// does Accept wait for one to close, new clients waiting in the kernel's
+// listen backlog rather than growing the process without bound.
 type limitListener struct {
 	net.Listener
 	sem    chan struct{}
 	closed chan struct{}
 	once   sync.Once
+	idle   idleConns
+}
+
+// idleConns are the connections waiting for their next request, with the
+// time each became idle; http.Server.ConnState keeps the set.
+type idleConns struct {
+	mu    sync.Mutex
+	conns map[net.Conn]time.Time
+}
+
+func (ic *idleConns) track(c net.Conn, st http.ConnState) {
+	ic.mu.Lock()
+	defer ic.mu.Unlock()
+	if st == http.StateIdle {
+		ic.conns[c] = time.Now()
+	} else {
+		delete(ic.conns, c)
+	}
+}
+
+// closeOldest closes the connection idle the longest, if any. The scan is
+// linear, which is cheap next to the handshake of the connection it admits.
+func (ic *idleConns) closeOldest() {
+	ic.mu.Lock()
+	var oldest net.Conn
+	var since time.Time
+	for c, t := range ic.conns {
+		if oldest == nil || t.Before(since) {
+			oldest, since = c, t
+		}
+	}
+	delete(ic.conns, oldest)
+	ic.mu.Unlock()
+	if oldest != nil {
+		oldest.Close()
+	}
 }
 
 func newLimitListener(l net.Listener, n int) *limitListener {
-	return &limitListener{Listener: l, sem: make(chan struct{}, n), closed: make(chan struct{})}
+	return &limitListener{Listener: l, sem: make(chan struct{}, n), closed: make(chan struct{}),
+		idle: idleConns{conns: map[net.Conn]time.Time{}}}
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
-	select {
-	case l.sem <- struct{}{}:
-	case <-l.closed:
-		return nil, net.ErrClosed
-	}
 	c, err := l.Listener.Accept()
 	if err != nil {
-		<-l.sem
 		return nil, err
+	}
+	// A client is waiting: admit it at once, or close the connection idle
+	// the longest and wait for its slot (or any other) to free up.
+	select {
+	case l.sem <- struct{}{}:
+	default:
+		l.idle.closeOldest()
+		select {
+		case l.sem <- struct{}{}:
+		case <-l.closed:
+			c.Close()
+			return nil, net.ErrClosed
+		}
 	}
 	return &limitConn{Conn: c, release: sync.OnceFunc(func() { <-l.sem })}, nil
 }
@@ -672,11 +721,13 @@ func serve(ctx context.Context, cfg serveConfig, stderr io.Writer, hooks *serveH
 	}
 	log.Info("database ready", "path", cfg.dbPath, "schema_version", len(migrations))
 	addr := ln.Addr().String()
-	ln = newLimitListener(ln, cfg.maxConnections)
+	limited := newLimitListener(ln, cfg.maxConnections)
+	ln = limited
 	if tlsConfig != nil {
 		ln = tls.NewListener(ln, tlsConfig)
 	}
 	httpServer := newHTTPServer(a.srv.handler(), log)
+	httpServer.ConnState = limited.idle.track
 	a.startLoops(cfg.executorInterval)
 
 	switch mode {

@@ -207,8 +207,9 @@ in
       example = [ "--log-level=debug" ];
       description = ''
         Extra arguments appended to the command line. They come last, so a flag given here overrides the one the
-        module sets. A fleet of more than about 9,000 agents needs `--max-connections` (default 10000) raised to its
-        size plus room for operators, for example `"--max-connections=31000"` for 30,000 agents: every agent keeps
+        module sets. A fleet of more than about 9,000 agents should raise `--max-connections` (default 10000; beyond
+        it, idle connections are closed to admit new ones, costing a handshake per request) to its size plus room for
+        operators, for example `"--max-connections=31000"` for 30,000 agents: every agent keeps
         a connection open between polls (the idle timeout, 120 s, outlasts the 60 s poll), at about 45 KiB of
         memory each in mTLS mode and 20 KiB in plain mode (README, "Connections and memory").
       '';

@@ -339,11 +339,13 @@ func TestReviewNoHTMLEscaping(t *testing.T) {
 	}
 }
 
-// Row 13: --max-connections caps the connections served at once; at the cap,
-// a new connection waits until one closes.
+// Row 13: --max-connections caps the connections served at once. At the cap
+// a new connection is admitted by closing the connection idle the longest;
+// when none is idle (every connection is in a request), it waits until one
+// closes.
 func TestReviewMaxConnections(t *testing.T) {
 	rs := startRun(t, nil, "--max-connections", "3")
-	var idle []net.Conn
+	var conns []net.Conn
 	for range 3 {
 		conn, err := net.Dial("tcp", rs.addr)
 		if err != nil {
@@ -356,14 +358,35 @@ func TestReviewMaxConnections(t *testing.T) {
 		if err != nil || !strings.Contains(line, "200") {
 			t.Fatalf("idle connection: %q %v", line, err)
 		}
-		idle = append(idle, conn)
+		conns = append(conns, conn)
 	}
-	slow := &http.Client{Timeout: 300 * time.Millisecond}
+	// Three idle keep-alive connections: a fourth client is served, and the
+	// oldest idle connection is closed to make room.
+	fresh := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	expect(t, do(t, fresh, "GET", rs.url+"/health", "", nil), 200, "")
+	conns[0].SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := conns[0].Read(make([]byte, 1)); err == nil {
+		t.Fatalf("the oldest idle connection is still open (read %d bytes)", n)
+	}
+	// Now make every connection busy: each in a request whose body has not
+	// arrived yet. A further client waits.
+	busy := "POST /api/v1/machines/web-01/report HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+	for _, c := range conns[1:] {
+		fmt.Fprint(c, busy)
+	}
+	third, err := net.Dial("tcp", rs.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer third.Close()
+	fmt.Fprint(third, busy)
+	time.Sleep(200 * time.Millisecond) // let the server read the headers (not a timing assertion)
+	slow := &http.Client{Timeout: 300 * time.Millisecond, Transport: &http.Transport{DisableKeepAlives: true}}
 	if _, err := slow.Get(rs.url + "/health"); err == nil {
-		t.Fatal("a fourth connection was served beyond --max-connections 3")
+		t.Fatal("a connection was served beyond --max-connections 3 while all were busy")
 	}
-	idle[0].Close()
-	expect(t, do(t, &http.Client{Timeout: 10 * time.Second}, "GET", rs.url+"/health", "", nil), 200, "")
+	third.Close()
+	expect(t, do(t, fresh, "GET", rs.url+"/health", "", nil), 200, "")
 }
 
 // Row 2: exports whose clients stop reading hold no database connection,
