@@ -27,10 +27,16 @@ import (
 //go:embed schema.sql
 var schemaSQL string
 
+//go:embed migration_2_audit_chain.sql
+var auditChainSQL string
+
 // migrations are applied in order; migrations[i] brings the schema from
-// user_version i to i+1. The first release ships one: the whole schema.
-// The schema is released: every change is a new entry here, never an edit.
-var migrations = []string{schemaSQL}
+// user_version i to i+1. The schema is released: every change is a new entry
+// here, never an edit.
+//
+//  1. schema.sql: the whole schema of the first release.
+//  2. migration_2_audit_chain.sql: prev_hash and hash on audit_event.
+var migrations = []string{schemaSQL, auditChainSQL}
 
 // store owns the database. Writes go through one connection and are
 // serialised by mu, which is held from BEGIN IMMEDIATE until the derived
