@@ -297,8 +297,8 @@ func (v *chainVerifier) finish() (lines []string, ok bool) {
 		if len(v.gaps) == 0 {
 			lines = append(lines, "export: contiguous, no rows missing between its first and last row")
 		} else {
-			lines = append(lines, fmt.Sprintf("export: NOT contiguous: %d rows are not in it (%s); only the rows it contains and the links between adjacent rows were checked",
-				v.gapRows, strings.Join(firstN(v.gaps, 10), ", ")))
+			lines = append(lines, fmt.Sprintf("export: NOT contiguous: %d %s not in it (%s); only the rows it contains and the links between adjacent rows were checked",
+				v.gapRows, plural(int(v.gapRows), "row is", "rows are"), strings.Join(firstN(v.gaps, 10), ", ")))
 		}
 		if v.started && v.chainFirstPrev != auditGenesis {
 			lines = append(lines, fmt.Sprintf("export: begins inside the chain at seq %d: the rows before it cannot be checked from the export", v.chainFirst))
