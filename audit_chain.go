@@ -86,6 +86,9 @@ func parseHead(v string) (auditHeadInfo, error) {
 	if !isHexHash(hash) {
 		return auditHeadInfo{}, fmt.Errorf("--head: HASH must be 64 lowercase hex characters")
 	}
+	if n == 0 && hash != auditGenesis {
+		return auditHeadInfo{}, fmt.Errorf("--head: seq 0 (no chained row yet) goes only with the genesis hash (64 zeros)")
+	}
 	return auditHeadInfo{Seq: n, Hash: hash}, nil
 }
 
@@ -102,8 +105,8 @@ func isHexHash(s string) bool {
 	return true
 }
 
-// maxChainProblems is how many problems verifyChain describes; the rest are
-// only counted, so a renumbered tail does not print a line per row.
+// maxChainProblems is how many problems a chainVerifier describes; the rest
+// are only counted, so a renumbered tail does not print a line per row.
 const maxChainProblems = 20
 
 // movedSearch is how far (in seq) a row whose hash does not match is looked
@@ -112,8 +115,9 @@ const maxChainProblems = 20
 const movedSearch = 16
 
 // chainVerifier walks audit rows in ascending id order (add) and collects
-// what breaks the chain. It holds O(1) state, so a database of any size is
-// walked in constant memory.
+// what breaks the chain. It keeps the previous row's state only (and the
+// list of an export's gaps), so a database of any size is walked in
+// constant memory.
 type chainVerifier struct {
 	// findHash returns the id of a row whose stored hash is h, to explain a
 	// prev_hash that links to the wrong row. It is called only on a break.
@@ -269,10 +273,10 @@ func seqRange(a, b int64) string {
 func (v *chainVerifier) finish() (lines []string, ok bool) {
 	if v.head != nil && v.head.Seq > 0 {
 		switch {
-		case !v.headSeen && v.head.Seq > v.lastSeen:
+		case !v.headSeen && v.head.Seq > v.lastSeen && !v.partial:
 			v.problem(v.head.Seq, "the recorded head is missing: the log was truncated (the last row is seq %d)", v.lastSeen)
 		case !v.headSeen && v.export:
-			v.problem(v.head.Seq, "the recorded head is not in the export")
+			v.problem(v.head.Seq, "the recorded head is not in the export: it was filtered out, or removed from it")
 		case !v.headSeen:
 			v.problem(v.head.Seq, "the recorded head is missing: the row was deleted")
 		case v.headHash == nil || *v.headHash != v.head.Hash:

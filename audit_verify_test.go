@@ -435,6 +435,7 @@ func TestAuditVerifyUsage(t *testing.T) {
 		{[]string{"--db-path", "a", "--export", "b"}, 2, "give exactly one of --db-path and --export"},
 		{[]string{"--db-path", missing, "--head", "5"}, 2, "--head: want SEQ:HASH"},
 		{[]string{"--db-path", missing, "--head", "5:ABC"}, 2, "HASH must be 64 lowercase hex characters"},
+		{[]string{"--db-path", missing, "--head", "0:" + strings.Repeat("a", 64)}, 2, "seq 0 (no chained row yet) goes only with the genesis hash"},
 		{[]string{"--db-path", missing, "--partial"}, 2, "--partial applies only to --export"},
 		{[]string{"--db-path", missing, "extra"}, 2, `unexpected argument "extra"`},
 		{[]string{"--nope"}, 2, "flag provided but not defined: -nope"},
