@@ -9,7 +9,9 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 )
 
 // TestAuditHashVectors pins the canonical encoding to the two worked
@@ -131,4 +133,26 @@ func TestAuditHeadRoute(t *testing.T) {
 	if after.Seq != before.Seq+1 || after.Seq != newest.ID || after.Hash != *newest.Hash || *newest.PrevHash != before.Hash {
 		t.Errorf("head %+v -> %+v; newest row %d prev %s hash %s", before, after, newest.ID, *newest.PrevHash, *newest.Hash)
 	}
+}
+
+// TestAuditHeadLog checks the head log line: once at start, then every
+// interval with the current head (the serving process uses
+// auditHeadLogInterval).
+func TestAuditHeadLog(t *testing.T) {
+	ts := newTestServer(t, testServerOptions{})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { ts.cp.runAuditHeadLog(ctx, 10*time.Millisecond); close(done) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, 10*time.Second, "the first head line", func() bool {
+		return strings.Contains(ts.logs.String(), `msg="audit head" seq=0 hash=`+auditGenesis)
+	})
+	bootstrapKey(t, ts.client(""), ts.url)
+	h, err := ts.cp.auditHead(context.Background())
+	if err != nil || h.Seq != 1 {
+		t.Fatalf("head %+v, %v", h, err)
+	}
+	waitFor(t, 10*time.Second, "a later head line", func() bool {
+		return strings.Contains(ts.logs.String(), `msg="audit head" seq=1 hash=`+h.Hash)
+	})
 }

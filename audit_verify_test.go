@@ -312,6 +312,11 @@ func TestAuditVerifyExport(t *testing.T) {
 	filteredCSV := f.export(t, "?action=register")
 
 	// The JSON export is one array of the rows GET /api/v1/audit lists.
+	r := do(t, f.c, "GET", f.bs.url+"/api/v1/audit/export?format=json", f.admin, nil)
+	if r.header.Get("Content-Type") != "application/json" || r.header.Get("Content-Disposition") != `attachment; filename="audit.json"` {
+		t.Errorf("JSON export headers %v", r.header)
+	}
+	expect(t, do(t, f.c, "GET", f.bs.url+"/api/v1/audit/export?format=xml", f.admin, nil), 400, "format: must be csv or json")
 	var events []auditEvent
 	b, _ := os.ReadFile(jsonPath)
 	if err := json.Unmarshal(b, &events); err != nil || len(events) != 11 || events[0].ID != 11 || *events[0].Hash != f.head.Hash {
