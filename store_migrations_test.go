@@ -264,6 +264,14 @@ func TestMigrateV1Fixture(t *testing.T) {
 	expectVerify(t, 0, []string{unchained, "chain: no chained rows", "result: intact"}, "--db-path", path)
 	expectVerify(t, 0, []string{itoa(n) + " audit rows", unchained, "result: intact"}, "--db-path", v1path) // unmigrated
 
+	// Migration 2 left the append-only triggers of migration 1 in force, the
+	// new columns included.
+	for _, q := range []string{"UPDATE audit_event SET hash = '" + auditGenesis + "' WHERE id = 1", "DELETE FROM audit_event WHERE id = 1"} {
+		if _, err := openDB(t, path).Exec(q); err == nil || !strings.Contains(err.Error(), "append-only") {
+			t.Errorf("%s: %v", q, err)
+		}
+	}
+
 	// The first row written now starts the chain.
 	expect(t, do(t, c, "PUT", ts.url+"/api/v1/machines/web-03/tags", keys["fixture-admin"][1], `{"tags":["web"]}`), 200, "")
 	do(t, c, "GET", ts.url+"/api/v1/audit/head", reader, nil).json(t, &head)
