@@ -80,6 +80,7 @@ func (s *server) routes() {
 	s.handle("POST /api/v1/rollouts/{id}/cancel", deployRole, s.cancelRollout)
 	s.handle("GET /api/v1/audit", anyRole, s.listAudit)
 	s.handle("GET /api/v1/audit/export", anyRole, s.exportAudit)
+	s.handle("GET /api/v1/audit/head", anyRole, s.auditHead)
 	s.handle("POST /api/v1/keys", adminRole, s.createKey)
 	s.handle("GET /api/v1/keys", adminRole, s.listKeys)
 	s.handle("DELETE /api/v1/keys/{id}", adminRole, s.revokeKey)

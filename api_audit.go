@@ -7,7 +7,18 @@ import (
 	"strconv"
 )
 
-// Handlers of the audit routes (§4.25, §4.26).
+// Handlers of the audit routes (§4.25, §4.26, and the chain's head).
+
+// auditHead handles GET /api/v1/audit/head: the newest chained row's seq and
+// hash, for the operator to record elsewhere; seq 0 and the genesis hash
+// before any row is chained.
+func (s *server) auditHead(w http.ResponseWriter, r *http.Request, _ *principal) error {
+	h, err := s.cp.auditHead(r.Context())
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, h)
+}
 
 // parseAuditFilter reads the audit query parameters (§4.25). maxLimit 0
 // means the limit is optional and unbounded (the export).
@@ -54,18 +65,35 @@ func (s *server) listAudit(w http.ResponseWriter, r *http.Request, _ *principal)
 }
 
 // exportAudit handles GET /api/v1/audit/export: every matching row as CSV,
-// streamed in constant memory with a write deadline per chunk. Once the
-// first byte is out, an error can only abort the connection.
+// or as a JSON array with format=json, streamed in constant memory with a
+// write deadline per chunk. Once the first byte is out, an error can only
+// abort the connection.
 func (s *server) exportAudit(w http.ResponseWriter, r *http.Request, _ *principal) error {
-	f, err := parseAuditFilter(queryValues(r), 0, 0)
+	q := queryValues(r)
+	f, err := parseAuditFilter(q, 0, 0)
 	if err != nil {
 		return err
 	}
+	asJSON := false
+	if v, ok := q["format"]; ok {
+		switch v[0] {
+		case "csv":
+		case "json":
+			asJSON = true
+		default:
+			return invalidf("format: must be csv or json")
+		}
+	}
 	started := false
-	err = s.cp.exportAudit(r.Context(), f, newDeadlineWriter(w), func() {
+	err = s.cp.exportAudit(r.Context(), f, asJSON, newDeadlineWriter(w), func() {
 		started = true
-		w.Header().Set("Content-Type", "text/csv; charset=utf-8")
-		w.Header().Set("Content-Disposition", `attachment; filename="audit.csv"`)
+		if asJSON {
+			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("Content-Disposition", `attachment; filename="audit.json"`)
+		} else {
+			w.Header().Set("Content-Type", "text/csv; charset=utf-8")
+			w.Header().Set("Content-Disposition", `attachment; filename="audit.csv"`)
+		}
 		w.WriteHeader(http.StatusOK)
 	})
 	if err != nil && !started {

@@ -2,9 +2,12 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"io"
+	"strconv"
 	"strings"
+	"time"
 )
 
 // The audit log (§10): every mutation writes its rows in its own transaction
@@ -40,6 +43,9 @@ type auditEvent struct {
 	Action    string  `json:"action"`
 	Target    string  `json:"target"`
 	Detail    *string `json:"detail"`
+	// The hash chain (migration 3); both null for a row written before it.
+	PrevHash *string `json:"prev_hash"`
+	Hash     *string `json:"hash"`
 }
 
 // auditFilter selects audit rows (§4.25); zero values mean "any".
@@ -64,13 +70,17 @@ func (cp *controlPlane) listAudit(ctx context.Context, f auditFilter) ([]auditEv
 // all) never ties up the read pool.
 const exportPage = 1000
 
-// exportAudit writes every matching row as CSV (§10.4) to w, newest first,
-// in constant memory. started is called once the first query has succeeded,
-// before anything is written: until then an error can still be answered
-// with a status; after it, the caller can only abort.
-func (cp *controlPlane) exportAudit(ctx context.Context, f auditFilter, w io.Writer, started func()) error {
+// exportAudit writes every matching row to w, newest first, in constant
+// memory: as CSV (§10.4, with the hash columns appended) or, when asJSON, as
+// one JSON array of AuditEvent. started is called once the first query has
+// succeeded, before anything is written: until then an error can still be
+// answered with a status; after it, the caller can only abort. A JSON export
+// cut short is not valid JSON, so a truncated download cannot pass for a
+// whole one.
+func (cp *controlPlane) exportAudit(ctx context.Context, f auditFilter, asJSON bool, w io.Writer, started func()) error {
 	bw := bufio.NewWriterSize(w, 32<<10)
 	before, left := f.before, f.limit
+	rows := 0
 	for first := true; ; first = false {
 		n := exportPage
 		if f.limit > 0 {
@@ -85,15 +95,37 @@ func (cp *controlPlane) exportAudit(ctx context.Context, f auditFilter, w io.Wri
 		}
 		if first {
 			started()
-			bw.WriteString(csvHeader)
+			if asJSON {
+				bw.WriteString("[")
+			} else {
+				bw.WriteString(csvHeader)
+			}
 		}
 		for _, ev := range page {
-			writeCSVRow(bw, ev)
+			if asJSON {
+				b, err := marshalJSON(ev)
+				if err != nil {
+					return err
+				}
+				b = bytes.TrimSuffix(b, []byte("\n"))
+				if rows > 0 {
+					bw.WriteByte(',')
+				}
+				bw.WriteString("\n")
+				bw.Write(b)
+			} else {
+				writeCSVRow(bw, ev)
+			}
+			rows++
+		}
+		last := len(page) < n || n == 0
+		if last && asJSON {
+			bw.WriteString("\n]\n")
 		}
 		if err := bw.Flush(); err != nil {
 			return err
 		}
-		if len(page) < n || n == 0 {
+		if last {
 			return nil
 		}
 		before, left = page[len(page)-1].ID, left-len(page)
@@ -113,13 +145,18 @@ func csvField(v string) string {
 	return v
 }
 
-// writeCSVRow writes one audit row as a CSV line ending in LF.
+// writeCSVRow writes one audit row as a CSV line ending in LF: the five
+// columns of §10.4, then id, prev_hash and hash (empty for an unchained
+// row), appended so that readers of the first five columns are unaffected.
 func writeCSVRow(w *bufio.Writer, ev auditEvent) {
-	detail := ""
-	if ev.Detail != nil {
-		detail = *ev.Detail
+	opt := func(p *string) string {
+		if p == nil {
+			return ""
+		}
+		return *p
 	}
-	for i, f := range []string{ev.Timestamp, ev.Actor, ev.Action, ev.Target, detail} {
+	for i, f := range []string{ev.Timestamp, ev.Actor, ev.Action, ev.Target, opt(ev.Detail),
+		strconv.FormatInt(ev.ID, 10), opt(ev.PrevHash), opt(ev.Hash)} {
 		if i > 0 {
 			w.WriteByte(',')
 		}
@@ -128,4 +165,38 @@ func writeCSVRow(w *bufio.Writer, ev auditEvent) {
 	w.WriteByte('\n')
 }
 
-const csvHeader = "timestamp,actor,action,target,detail\n"
+// csvHeader is the header of §10.4 with the hash chain's columns appended.
+const csvHeader = "timestamp,actor,action,target,detail,id,prev_hash,hash\n"
+
+// auditHead returns the newest chained audit row (seq 0 and the genesis
+// hash when there is none yet).
+func (cp *controlPlane) auditHead(ctx context.Context) (auditHeadInfo, error) {
+	return readValue(ctx, cp.st, dbq.auditHead)
+}
+
+// auditHeadLogInterval is how often the serving process logs the chain's
+// head. An operator who ships the log elsewhere then holds, at most this
+// long after any row was written, a head that `audit verify --head` checks
+// the database against.
+const auditHeadLogInterval = 15 * time.Minute
+
+// runAuditHeadLog logs "audit head" with seq and hash at once and then every
+// interval until ctx ends.
+func (cp *controlPlane) runAuditHeadLog(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		if h, err := cp.auditHead(ctx); err != nil {
+			if ctx.Err() == nil {
+				cp.log.Warn("read audit head failed", "err", err)
+			}
+		} else {
+			cp.log.Info("audit head", "seq", h.Seq, "hash", h.Hash)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

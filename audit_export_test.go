@@ -109,7 +109,8 @@ func TestAuditExport(t *testing.T) {
 	if len(lines) != 1501 {
 		t.Fatalf("%d lines, want 1501", len(lines))
 	}
-	if lines[0] != "timestamp,actor,action,target,detail" {
+	// §10.4's header with the hash chain's columns appended (issue 17).
+	if lines[0] != "timestamp,actor,action,target,detail,id,prev_hash,hash" {
 		t.Fatalf("header %q", lines[0])
 	}
 	recs, err := csv.NewReader(strings.NewReader(body)).ReadAll()
@@ -121,12 +122,13 @@ func TestAuditExport(t *testing.T) {
 		if ev.Detail != nil {
 			detail = *ev.Detail
 		}
-		want := []string{ev.Timestamp, audGuard(ev.Actor), audGuard(ev.Action), audGuard(ev.Target), audGuard(detail)}
+		want := []string{ev.Timestamp, audGuard(ev.Actor), audGuard(ev.Action), audGuard(ev.Target), audGuard(detail),
+			fmt.Sprint(ev.ID), *ev.PrevHash, *ev.Hash}
 		if !slices.Equal(recs[i+1], want) {
 			t.Fatalf("record %d = %q, want %q", i+1, recs[i+1], want)
 		}
 	}
-	if !strings.HasSuffix(lines[1500], ",system:bootstrap,bootstrap,first-admin,first admin key created") {
+	if !strings.Contains(lines[1500], ",system:bootstrap,bootstrap,first-admin,first admin key created,1,"+auditGenesis+",") {
 		t.Errorf("last line %q is not the oldest row", lines[1500])
 	}
 
@@ -145,7 +147,7 @@ func TestAuditExport(t *testing.T) {
 	} {
 		t.Run(tc.query, func(t *testing.T) {
 			got := strings.Split(strings.TrimSuffix(string(audCSV(t, e, tc.query).body), "\n"), "\n")
-			if len(got) != tc.lines || got[0] != "timestamp,actor,action,target,detail" {
+			if len(got) != tc.lines || got[0] != strings.TrimSuffix(csvHeader, "\n") {
 				t.Fatalf("%d lines, want %d; first %q", len(got), tc.lines, got[0])
 			}
 		})
@@ -213,15 +215,15 @@ func TestAuditExportFormulaGuard(t *testing.T) {
 	body := string(audCSV(t, e, "").body)
 	ts0 := fmtTime(ts.clock.now().UnixMilli())
 	for _, want := range []string{
-		ts0 + `,system:bootstrap,bootstrap,"'=HYPERLINK(""http://evil"")",first admin key created` + "\n",
-		ts0 + `,"apikey:=HYPERLINK(""http://evil"")",key.created,2,name=-1 role=readonly` + "\n",
+		ts0 + `,system:bootstrap,bootstrap,"'=HYPERLINK(""http://evil"")",first admin key created,1,`,
+		ts0 + `,"apikey:=HYPERLINK(""http://evil"")",key.created,2,name=-1 role=readonly,2,`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("export lacks line %q:\n%s", want, body)
 		}
 	}
 	for i, row := range sqlRows {
-		want := fmt.Sprintf("%s,sql,manual,row-%d,%s\n", ts0, i, row.csv)
+		want := fmt.Sprintf("%s,sql,manual,row-%d,%s,%d,,\n", ts0, i, row.csv, i+3) // inserted by SQL: unchained
 		if !strings.Contains(body, want) {
 			t.Errorf("export lacks %q", want)
 		}

@@ -47,7 +47,7 @@ func (w audWant) String() string {
 func audDBRows(t testing.TB, ts *testServer, after int64) []auditEvent {
 	t.Helper()
 	rows, err := ts.st.ro.QueryContext(context.Background(),
-		"SELECT id, timestamp, actor, action, target, detail FROM audit_event WHERE id > ? ORDER BY id", after)
+		"SELECT id, timestamp, actor, action, target, detail, prev_hash, hash FROM audit_event WHERE id > ? ORDER BY id", after)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,11 +56,11 @@ func audDBRows(t testing.TB, ts *testServer, after int64) []auditEvent {
 	for rows.Next() {
 		var ev auditEvent
 		var ms int64
-		var detail sql.NullString
-		if err := rows.Scan(&ev.ID, &ms, &ev.Actor, &ev.Action, &ev.Target, &detail); err != nil {
+		var detail, prev, hash sql.NullString
+		if err := rows.Scan(&ev.ID, &ms, &ev.Actor, &ev.Action, &ev.Target, &detail, &prev, &hash); err != nil {
 			t.Fatal(err)
 		}
-		ev.Timestamp, ev.Detail = fmtTime(ms), nullStr(detail)
+		ev.Timestamp, ev.Detail, ev.PrevHash, ev.Hash = fmtTime(ms), nullStr(detail), nullStr(prev), nullStr(hash)
 		out = append(out, ev)
 	}
 	if err := rows.Err(); err != nil {

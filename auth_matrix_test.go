@@ -127,6 +127,15 @@ const authRolesMatrix = `
 | 28 | DELETE /api/v1/keys/{id}                        |                              |                 | ✗        | ✗      | ✓     |
 `
 
+// authRolesExtra are the routes added after SPEC.md §3.4, by issue, in the
+// same format; TestRolesMatrix checks them like the matrix's own rows.
+const authRolesExtra = `
+| #  | Route                                           | public                       | agent (mTLS CN) | readonly | deploy | admin |
+|--- |---                                              |---                           |---              |---       |---     |---    |
+| 29 | GET /api/v1/audit/head                          |                              |                 | ✓        | ✓      | ✓     |
+| 30 | GET /api/v1/machines/{id}                       |                              |                 | ✓        | ✓      | ✓     |
+`
+
 // authParseTable returns the cells of the body rows of the first
 // markdown table in text (header and separator rows skipped), trimmed, with
 // backticks removed.
@@ -153,12 +162,6 @@ func authParseTable(text string) [][]string {
 	}
 	return rows
 }
-
-// authExtraRoutes are the routes beyond SPEC §3.4, in the same format: the
-// matrix test checks them like the others.
-const authExtraRoutes = `
-| x1 | GET /api/v1/machines/{id} | | | ✓ | ✓ | ✓ |
-`
 
 // authMatrixCaller is one column of callers in TestRolesMatrix.
 type authMatrixCaller struct {
@@ -189,12 +192,13 @@ func TestRolesMatrix(t *testing.T) {
 	}
 
 	specRows := len(rows)
-	rows = append(rows, authParseTable(authExtraRoutes)...)
+	rows = append(rows, authParseTable(authRolesExtra)...)
 
 	ts := newTestServer(t, testServerOptions{})
 	c := ts.client("")
 
-	// The server's route table has exactly the routes of the matrix.
+	// The server's route table has exactly the routes of the matrix and the
+	// routes added since.
 	var serverRoutes, matrixRoutes []string
 	serverRoutes = append(serverRoutes, ts.srv.patterns...)
 	for _, row := range rows {
@@ -285,6 +289,7 @@ func TestRolesMatrix(t *testing.T) {
 		"POST /api/v1/rollouts/{id}/cancel": {"/api/v1/rollouts/" + ro.RolloutID + "/cancel", nil, []int{200, 409}},
 		"GET /api/v1/audit":                 {"/api/v1/audit", nil, []int{200}},
 		"GET /api/v1/audit/export":          {"/api/v1/audit/export", nil, []int{200}},
+		"GET /api/v1/audit/head":            {"/api/v1/audit/head", nil, []int{200}},
 		"POST /api/v1/keys":                 {"/api/v1/keys", `{"name":"matrix-new","role":"readonly"}`, []int{201}},
 		"GET /api/v1/keys":                  {"/api/v1/keys", nil, []int{200}},
 		"DELETE /api/v1/keys/{id}":          {fmt.Sprintf("/api/v1/keys/%d", ids["matrix-spare"]), nil, []int{204}},

@@ -108,6 +108,9 @@ const usageText = `Usage:
   nixfleet-control-plane [serve] [flags]     run the control plane server
   nixfleet-control-plane keys create --name N [--role R] [--expires-at T] [--db-path P]
                                              create an API key offline and print it
+  nixfleet-control-plane audit verify (--db-path FILE | --export FILE [--partial]) [--head SEQ:HASH]
+                                             check the audit log's hash chain offline (read-only);
+                                             exit 0 intact, 1 broken, 2 usage (audit verify --help)
   nixfleet-control-plane version             print the version (also --version)
   nixfleet-control-plane help [COMMAND]      print this help, or a command's help with an example
                                              (also COMMAND --help)
@@ -221,6 +224,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return &usageError{msg: "unknown keys subcommand; want \"keys create\""}
 		}
 		return keysCreate(ctx, args[1:], getenv, stdout, stderr)
+	case "audit":
+		if len(args) == 0 || args[0] != "verify" {
+			fmt.Fprint(stderr, usageText)
+			return &usageError{msg: "unknown audit subcommand; want \"audit verify\""}
+		}
+		return auditVerify(ctx, args[1:], stdout, stderr)
 	case "version":
 		if len(args) > 0 {
 			return usagef("version takes no arguments")
@@ -642,14 +651,16 @@ func (a *app) goLoop(f func()) {
 }
 
 // startLoops starts the background loops of a serving process: the WAL
-// checkpointer, the executor and the retention job (the first pass and the
-// first run are immediate).
+// checkpointer, the executor, the retention job (the first pass and the
+// first run are immediate) and the audit head log line (at once, then every
+// auditHeadLogInterval).
 func (a *app) startLoops(executorInterval time.Duration) {
 	ctx, cancel := context.WithCancel(context.Background())
 	a.stopLoops = cancel
 	a.goLoop(func() { a.st.runCheckpointer(ctx, checkpointInterval, a.log) })
 	a.goLoop(func() { a.exec.run(ctx, executorInterval) })
 	a.goLoop(func() { a.ret.run(ctx, time.Hour) })
+	a.goLoop(func() { a.cp.runAuditHeadLog(ctx, auditHeadLogInterval) })
 }
 
 // close stops the loops (the executor finishes its current step), flushes

@@ -27,16 +27,19 @@ import (
 //go:embed schema.sql
 var schemaSQL string
 
+//go:embed migration_3_audit_chain.sql
+var auditChainSQL string
+
 // migrations are applied in order; migrations[i] brings the schema from
-// user_version i to i+1. The first release ships one: the whole schema.
-// The schema is released: every change is a new entry here, never an edit.
-var migrations = []string{
-	schemaSQL,
-	// Health reports no longer carry their own (machine_id, received_at)
-	// index: each insert touched a random leaf of it. Retention finds a
-	// machine's newest health report through the report index instead.
-	`DROP INDEX health_report_machine_received;`,
-}
+// user_version i to i+1. The schema is released: every change is a new entry
+// here, never an edit.
+//
+//  1. schema.sql: the whole schema of the first release.
+//  2. Drop health_report_machine_received: each health report insert touched
+//     a random leaf of it; retention finds a machine's newest health report
+//     through the report index instead.
+//  3. migration_3_audit_chain.sql: prev_hash and hash on audit_event.
+var migrations = []string{schemaSQL, `DROP INDEX health_report_machine_received;`, auditChainSQL}
 
 // store owns the database. Writes go through one connection and are
 // serialised by mu, which is held from BEGIN IMMEDIATE until the derived

@@ -1,21 +1,61 @@
 package main
 
 import (
+	"context"
 	"database/sql"
 	"fmt"
+	"net/url"
+	"os"
 	"strings"
 )
 
 // The audit log (§10). Rows are append-only: triggers in schema.sql refuse
-// every UPDATE, DELETE and REPLACE, even from sqlite3.
+// every UPDATE, DELETE and REPLACE, even from sqlite3. Since migration 3
+// every row is hash-chained to the one before it (audit_chain.go).
 
-// insertAudit appends one audit row in the mutation's transaction.
+// insertAudit appends one audit row in the mutation's transaction, chained
+// to the newest chained row. It is the only statement that writes the audit
+// log.
+//
+// The previous hash and the next id are read inside the transaction rather
+// than kept in memory: a rolled-back transaction then never
+// leaves a stale head behind, and rows written by another process (`keys
+// create` while the server runs) are chained correctly. The id is chosen
+// here, as AUTOINCREMENT would (above both the largest id and the largest id
+// ever used), because it is part of the hashed encoding.
 func (t *txn) insertAudit(actor, action, target string, detail *string) error {
-	if _, err := t.exec("INSERT INTO audit_event (timestamp, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
-		t.now, actor, action, target, detail); err != nil {
+	var maxID, maxSeq sql.NullInt64
+	var prev sql.NullString
+	if err := t.queryRow(`SELECT (SELECT max(id) FROM audit_event),
+		(SELECT seq FROM sqlite_sequence WHERE name = 'audit_event'),
+		(SELECT hash FROM audit_event WHERE hash IS NOT NULL ORDER BY id DESC LIMIT 1)`).Scan(&maxID, &maxSeq, &prev); err != nil {
+		return fmt.Errorf("record audit %s: read chain head: %w", action, err)
+	}
+	r := chainRow{id: max(maxID.Int64, maxSeq.Int64) + 1, timestamp: t.now, actor: actor, action: action, target: target, detail: detail}
+	prevHash := auditGenesis
+	if prev.Valid {
+		prevHash = prev.String
+	}
+	hash := auditHash(prevHash, r)
+	if _, err := t.exec(`INSERT INTO audit_event (id, timestamp, actor, action, target, detail, prev_hash, hash)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, r.id, r.timestamp, actor, action, target, detail, prevHash, hash); err != nil {
 		return fmt.Errorf("record audit %s: %w", action, err)
 	}
 	return nil
+}
+
+// auditHead returns the newest chained row, or seq 0 with the genesis hash
+// when no row is chained yet.
+func (d dbq) auditHead() (auditHeadInfo, error) {
+	h, found, err := queryOne(d, "read audit head", func(row scanner) (auditHeadInfo, error) {
+		var h auditHeadInfo
+		err := row.Scan(&h.Seq, &h.Hash)
+		return h, err
+	}, "SELECT id, hash FROM audit_event WHERE hash IS NOT NULL ORDER BY id DESC LIMIT 1")
+	if !found && err == nil {
+		h = auditHeadInfo{Seq: 0, Hash: auditGenesis}
+	}
+	return h, err
 }
 
 // auditPage returns at most limit rows matching f with ids below before (0:
@@ -46,7 +86,7 @@ func (d dbq) auditPage(f auditFilter, before int64, limit int) ([]auditEvent, er
 	if before > 0 {
 		add("id < ?", before)
 	}
-	q := "SELECT id, timestamp, actor, action, target, detail FROM audit_event"
+	q := "SELECT id, timestamp, actor, action, target, detail, prev_hash, hash FROM audit_event"
 	if len(where) > 0 {
 		q += " WHERE " + strings.Join(where, " AND ")
 	}
@@ -55,9 +95,129 @@ func (d dbq) auditPage(f auditFilter, before int64, limit int) ([]auditEvent, er
 	return queryAll(d, "query audit", func(row scanner) (auditEvent, error) {
 		var ev auditEvent
 		var ts int64
-		var detail sql.NullString
-		err := row.Scan(&ev.ID, &ts, &ev.Actor, &ev.Action, &ev.Target, &detail)
-		ev.Timestamp, ev.Detail = fmtTime(ts), nullStr(detail)
+		var detail, prev, hash sql.NullString
+		err := row.Scan(&ev.ID, &ts, &ev.Actor, &ev.Action, &ev.Target, &detail, &prev, &hash)
+		ev.Timestamp, ev.Detail, ev.PrevHash, ev.Hash = fmtTime(ts), nullStr(detail), nullStr(prev), nullStr(hash)
 		return ev, err
 	}, q, args...)
+}
+
+// walkAuditDB opens the database at path read-only and calls fn for every
+// audit row in ascending id order, from one read snapshot, with find (a
+// lookup of the id of the row holding a given hash, for explaining breaks).
+// It works beside a running server: it takes no lock file and writes
+// nothing. A database older than migration 3 has no hash columns: every
+// row comes back unchained. It returns fs.ErrNotExist (wrapped) when path
+// is missing.
+//
+// While a server (or a crashed one) has the database open, its -wal and
+// -shm files exist, and mode=ro reads through them like any reader. When
+// there is no -wal, mode=ro would create -wal and -shm files, owned by
+// whoever runs the verifier, so the file is opened immutable instead (the
+// main file alone, no companions, no locks); if a server started meanwhile
+// (a -wal appeared, or the file changed), the walk is repeated with mode=ro.
+func walkAuditDB(ctx context.Context, path string, fn func(r chainRow, find func(string) (int64, bool, error)) error) error {
+	st, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("open database %s: %w", path, err)
+	}
+	if _, err := os.Stat(path + "-wal"); err == nil {
+		return walkAuditDSN(ctx, path, "mode=ro", fn)
+	}
+	var seen []chainRow
+	err = walkAuditDSN(ctx, path, "mode=ro&immutable=1", func(r chainRow, find func(string) (int64, bool, error)) error {
+		seen = append(seen, r)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	after, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("open database %s: %w", path, err)
+	}
+	if _, werr := os.Stat(path + "-wal"); werr == nil || !after.ModTime().Equal(st.ModTime()) || after.Size() != st.Size() {
+		return walkAuditDSN(ctx, path, "mode=ro", fn)
+	}
+	byHash := map[string]int64{}
+	for _, r := range seen {
+		if r.hash != nil {
+			if _, dup := byHash[*r.hash]; !dup {
+				byHash[*r.hash] = r.id
+			}
+		}
+	}
+	find := func(h string) (int64, bool, error) { id, ok := byHash[h]; return id, ok, nil }
+	for _, r := range seen {
+		if err := fn(r, find); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// walkAuditDSN is walkAuditDB through one connection opened with the given
+// URI parameters.
+func walkAuditDSN(ctx context.Context, path, params string, fn func(r chainRow, find func(string) (int64, bool, error)) error) error {
+	dsn := "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + params + "&_busy_timeout=5000"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return fmt.Errorf("open database %s: %w", path, err)
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(1)
+	tx, err := db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return fmt.Errorf("open database %s: %w", path, err)
+	}
+	defer tx.Rollback()
+	d := dbq{ctx, tx}
+	var version, hashCols int
+	if err := d.queryRow("PRAGMA user_version").Scan(&version); err != nil {
+		return fmt.Errorf("read database %s: %w", path, err)
+	}
+	if version == 0 {
+		return fmt.Errorf("%s is not a control plane database (schema version 0)", path)
+	}
+	if err := d.queryRow("SELECT count(*) FROM pragma_table_info('audit_event') WHERE name IN ('prev_hash', 'hash')").Scan(&hashCols); err != nil {
+		return fmt.Errorf("read database %s: %w", path, err)
+	}
+	cols := "NULL, NULL"
+	if hashCols == 2 {
+		cols = "prev_hash, hash"
+	}
+	// Each page is read whole before fn (and so find) runs another query on
+	// the same connection.
+	find := func(h string) (int64, bool, error) {
+		if hashCols != 2 {
+			return 0, false, nil
+		}
+		return queryOne(d, "find audit hash", scanInt64, "SELECT id FROM audit_event WHERE hash = ? ORDER BY id LIMIT 1", h)
+	}
+	const page = 5000
+	after := int64(-1 << 63)
+	for {
+		rows, err := queryAll(d, "read audit rows", scanChainRow,
+			"SELECT id, timestamp, actor, action, target, detail, "+cols+" FROM audit_event WHERE id > ? ORDER BY id LIMIT ?", after, page)
+		if err != nil {
+			return err
+		}
+		for _, r := range rows {
+			if err := fn(r, find); err != nil {
+				return err
+			}
+		}
+		if len(rows) < page {
+			return nil
+		}
+		after = rows[len(rows)-1].id
+	}
+}
+
+func scanChainRow(row scanner) (chainRow, error) {
+	var r chainRow
+	var detail, prev, hash sql.NullString
+	err := row.Scan(&r.id, &r.timestamp, &r.actor, &r.action, &r.target, &detail, &prev, &hash)
+	r.detail, r.prevHash, r.hash = nullStr(detail), nullStr(prev), nullStr(hash)
+	return r, err
 }

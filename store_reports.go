@@ -377,3 +377,49 @@ func (s *store) deleteByID(ctx context.Context, q string, ids []int64) error {
 		return nil
 	})
 }
+
+// reportRecord is one stored report with its health report, if any, as the
+// report history of a machine returns it.
+type reportRecord struct {
+	Generation    string
+	Success       bool
+	Message       string
+	AgentTS       int64 // Unix ms, the agent's clock
+	ReceivedAt    int64 // Unix ms, the server's clock
+	AgentVersion  string
+	UptimeSeconds int64
+	Health        *healthRecord
+}
+
+// healthRecord is the health object a report carried.
+type healthRecord struct {
+	Generation   string
+	AllPassed    bool
+	Results      string // the JSON array of check results as received
+	FailedChecks string
+	MeasuredAt   int64
+}
+
+// reportHistory returns the machine's stored reports in arrival order, each
+// with its health report (nil when it carried none, or retention removed
+// it). It is the one reader of the whole report history: a migration that
+// restructures the report tables keeps its contract (the upgrade test
+// checks the history of an old database through it).
+func (d dbq) reportHistory(machine string) ([]reportRecord, error) {
+	return queryAll(d, "read report history", func(row scanner) (reportRecord, error) {
+		var r reportRecord
+		var hGen, hResults, hFailed sql.NullString
+		var hPassed sql.NullBool
+		var hMeasured sql.NullInt64
+		err := row.Scan(&r.Generation, &r.Success, &r.Message, &r.AgentTS, &r.ReceivedAt, &r.AgentVersion, &r.UptimeSeconds,
+			&hGen, &hPassed, &hResults, &hFailed, &hMeasured)
+		if hGen.Valid {
+			r.Health = &healthRecord{Generation: hGen.String, AllPassed: hPassed.Bool, Results: hResults.String,
+				FailedChecks: hFailed.String, MeasuredAt: hMeasured.Int64}
+		}
+		return r, err
+	}, `SELECT r.generation, r.success, r.message, r.agent_ts, r.received_at, r.agent_version, r.uptime_seconds,
+		h.generation, h.all_passed, h.results, h.failed_checks, h.measured_at
+		FROM report r LEFT JOIN health_report h ON h.report_id = r.id
+		WHERE r.machine_id = ? ORDER BY r.id`, machine)
+}
