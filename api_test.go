@@ -217,7 +217,10 @@ func TestPathCleaning(t *testing.T) {
 		{"GET", "/api/v1/machines/web-01/../web-01/desired-generation", 307, "/api/v1/machines/web-01/desired-generation"},
 		{"GET", "/api/v1//machines", 307, "/api/v1/machines"},
 		{"GET", "/api/v1/./machines", 307, "/api/v1/machines"},
-		{"GET", "/api/v1/machines/web-01%2Fdesired-generation", 404, "not found"},
+		// One path segment: it matches GET /api/v1/machines/{id}, an operator
+		// route, so authentication comes first (§2.6); with a key the id is
+		// refused (below).
+		{"GET", "/api/v1/machines/web-01%2Fdesired-generation", 401, "missing API key"},
 	} {
 		t.Run(tc.method+" "+tc.target, func(t *testing.T) {
 			before := f.fingerprint(t)
@@ -234,6 +237,7 @@ func TestPathCleaning(t *testing.T) {
 			}
 		})
 	}
+	expect(t, do(t, f.c, "GET", f.url+"/api/v1/machines/web-01%2Fdesired-generation", f.R, nil), 400, "invalid machine id")
 	// The ID rule for the other ID kinds.
 	expect(t, do(t, f.c, "GET", f.url+"/api/v1/releases/rel%20x", f.R, nil), 400, "invalid release id")
 	expect(t, do(t, f.c, "GET", f.url+"/api/v1/rollouts/"+strings.Repeat("r", 129), f.R, nil), 400, "invalid rollout id")
