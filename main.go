@@ -88,6 +88,8 @@ Server flags (each also read from its environment variable; a flag wins):
   --bootstrap-cn CN[,CN...]     NIXFLEET_CP_BOOTSTRAP_CN: mTLS without a token file: client certificate CNs
                                 that may bootstrap (default none: bootstrap is closed in mTLS mode)
   --max-connections N           NIXFLEET_CP_MAX_CONNECTIONS: open connections served at once (default 10000)
+  --max-event-streams N         NIXFLEET_CP_MAX_EVENT_STREAMS: open GET /api/v1/events streams (default 100)
+  --ui BOOL                     NIXFLEET_CP_UI: serve the read-only status page at /ui/ (default true)
 `
 
 // run is the whole program: main only adds signals and exit codes. It returns
@@ -142,6 +144,8 @@ type serveConfig struct {
 	bootstrapTokenFile string
 	bootstrapCNs       []string // mTLS without a token file: the CNs that may bootstrap
 	maxConnections     int
+	maxEventStreams    int
+	ui                 bool
 }
 
 const defaultDBPath = "/var/lib/nixfleet-cp/state.db"
@@ -159,7 +163,7 @@ type envFlag struct {
 // is a *usageError naming the flag or variable.
 func parseServeFlags(args []string, getenv func(string) string) (serveConfig, error) {
 	var cfg serveConfig
-	var interval, retention, bootstrapCNs, maxConns string
+	var interval, retention, bootstrapCNs, maxConns, maxStreams, ui string
 	flags := []envFlag{
 		{"listen", "NIXFLEET_CP_LISTEN", "0.0.0.0:8080", &cfg.listen},
 		{"db-path", "NIXFLEET_CP_DB_PATH", defaultDBPath, &cfg.dbPath},
@@ -172,6 +176,8 @@ func parseServeFlags(args []string, getenv func(string) string) (serveConfig, er
 		{"bootstrap-token-file", "NIXFLEET_CP_BOOTSTRAP_TOKEN_FILE", "", &cfg.bootstrapTokenFile},
 		{"bootstrap-cn", "NIXFLEET_CP_BOOTSTRAP_CN", "", &bootstrapCNs},
 		{"max-connections", "NIXFLEET_CP_MAX_CONNECTIONS", strconv.Itoa(defaultMaxConnections), &maxConns},
+		{"max-event-streams", "NIXFLEET_CP_MAX_EVENT_STREAMS", strconv.Itoa(defaultMaxEventStreams), &maxStreams},
+		{"ui", "NIXFLEET_CP_UI", "true", &ui},
 	}
 	source, err := parseEnvFlags("serve", args, getenv, flags)
 	if err != nil {
@@ -212,6 +218,14 @@ func parseServeFlags(args []string, getenv func(string) string) (serveConfig, er
 	cfg.maxConnections, err = strconv.Atoi(maxConns)
 	if err != nil || cfg.maxConnections < 1 {
 		return cfg, usagef("invalid %s %q: want a positive integer", source["max-connections"], maxConns)
+	}
+	cfg.maxEventStreams, err = strconv.Atoi(maxStreams)
+	if err != nil || cfg.maxEventStreams < 1 {
+		return cfg, usagef("invalid %s %q: want a positive integer", source["max-event-streams"], maxStreams)
+	}
+	cfg.ui, err = strconv.ParseBool(ui)
+	if err != nil {
+		return cfg, usagef("invalid %s %q: want true or false", source["ui"], ui)
 	}
 	return cfg, nil
 }
@@ -387,6 +401,8 @@ type appConfig struct {
 	bootstrapToken  string   // empty: bootstrap needs no token
 	bootstrapCNs    []string // mTLS without a token: the CNs that may bootstrap
 	reportRetention time.Duration
+	maxEventStreams int  // 0: defaultMaxEventStreams
+	disableUI       bool // --ui=false
 	now             func() time.Time
 	log             *slog.Logger
 }
@@ -430,6 +446,10 @@ func newApp(ctx context.Context, c appConfig) (*app, error) {
 	a.exec = newExecutor(st, m, c.log, c.now)
 	st.wakeExecutor = a.exec.wake
 	a.srv = newServer(cp, m, c.log, c.mode, bootstrapGuard{token: c.bootstrapToken, cns: c.bootstrapCNs})
+	a.srv.ui = !c.disableUI
+	if c.maxEventStreams > 0 {
+		st.events.maxStreams = c.maxEventStreams
+	}
 	a.ret = &retention{st: st, log: c.log, period: c.reportRetention}
 	a.goLoop(func() { st.runReportWriter(c.log) })
 	return a, nil
@@ -457,6 +477,7 @@ func (a *app) startLoops(executorInterval time.Duration) {
 // the first's result.
 func (a *app) close() error {
 	a.closeOnce.Do(func() {
+		a.st.events.close()
 		a.stopLoops()
 		a.st.stopReports()
 		a.loops.Wait()
@@ -513,7 +534,8 @@ func serve(ctx context.Context, cfg serveConfig, stderr io.Writer, hooks *serveH
 	}
 	defer unlock()
 	a, err := newApp(ctx, appConfig{dbPath: cfg.dbPath, mode: mode, bootstrapToken: bootstrapToken,
-		bootstrapCNs: cfg.bootstrapCNs, reportRetention: cfg.reportRetention, now: now, log: log})
+		bootstrapCNs: cfg.bootstrapCNs, reportRetention: cfg.reportRetention, now: now, log: log,
+		maxEventStreams: cfg.maxEventStreams, disableUI: !cfg.ui})
 	if err != nil {
 		return err
 	}
@@ -524,6 +546,9 @@ func serve(ctx context.Context, cfg serveConfig, stderr io.Writer, hooks *serveH
 		ln = tls.NewListener(ln, tlsConfig)
 	}
 	httpServer := newHTTPServer(a.srv.handler(), log)
+	// Shutdown waits for handlers to return, and an event stream only
+	// returns when told to.
+	httpServer.RegisterOnShutdown(a.st.events.close)
 	a.startLoops(cfg.executorInterval)
 
 	switch mode {

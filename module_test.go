@@ -391,6 +391,8 @@ func TestModuleOptions(t *testing.T) {
 		"persist":            {"boolean", `true`},
 		"persistPath":        {"string", `"/persist"`},
 		"prometheusRules":    {"boolean", `false`},
+		"statusPage":         {"boolean", `true`},
+		"maxEventStreams":    {"null or (positive integer, meaning >0)", `null`},
 	}
 	var names, wantNames []string
 	for name := range ev.Options {
@@ -527,6 +529,8 @@ type moduleFlags struct {
 	logLevel, bootstrapTokenFile              string
 	bootstrapCNs                              []string
 	maxConnections                            int
+	maxEventStreams                           int
+	ui                                        bool
 }
 
 func moduleFlagsOf(c serveConfig) moduleFlags {
@@ -537,7 +541,7 @@ func moduleFlagsOf(c serveConfig) moduleFlags {
 var defaultModuleFlags = moduleFlags{
 	listen: "0.0.0.0:8080", dbPath: "/var/lib/nixfleet-cp/state.db",
 	executorInterval: 2 * time.Second, reportRetention: 168 * time.Hour, logLevel: "info",
-	maxConnections: defaultMaxConnections,
+	maxConnections: defaultMaxConnections, maxEventStreams: defaultMaxEventStreams, ui: true,
 }
 
 // execStartCases are the configurations whose command line is checked word for word, and then parsed by the
@@ -587,6 +591,15 @@ var execStartCases = []struct {
 		argv: strings.Fields(moduleDefaultArgs + " --bootstrap-token-file %d/bootstrap-token"),
 		flags: func(f moduleFlags) moduleFlags {
 			f.bootstrapTokenFile = "%d/bootstrap-token"
+			return f
+		},
+	},
+	{
+		name: "status page off, more event streams",
+		cfg:  `{ enable = true; statusPage = false; maxEventStreams = 500; }`,
+		argv: strings.Fields(moduleDefaultArgs + " --ui false --max-event-streams 500"),
+		flags: func(f moduleFlags) moduleFlags {
+			f.ui, f.maxEventStreams = false, 500
 			return f
 		},
 	},

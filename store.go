@@ -30,7 +30,7 @@ var schemaSQL string
 // migrations are applied in order; migrations[i] brings the schema from
 // user_version i to i+1. The first release ships one: the whole schema.
 // The schema is released: every change is a new entry here, never an edit.
-var migrations = []string{schemaSQL}
+var migrations = []string{schemaSQL, migrationRolloutEventIDs}
 
 // store owns the database. Writes go through one connection and are
 // serialised by mu, which is held from BEGIN IMMEDIATE until the derived
@@ -49,6 +49,7 @@ type store struct {
 	metrics *metrics
 	fleet   *fleet
 	reports *reportQueue
+	events  *eventHub // the event stream's fan-out, fed after each commit
 	stmts   writerStmts
 
 	// wakeExecutor is called after a commit that gives the rollout executor
@@ -117,7 +118,7 @@ func openStore(ctx context.Context, path string, now func() time.Time, m *metric
 	// up front and never fails half-way with SQLITE_BUSY on lock upgrade.
 	base := "file:" + (&url.URL{Path: path}).EscapedPath()
 	pragmas := "_busy_timeout=5000&_foreign_keys=1&_journal_mode=WAL&_synchronous=FULL"
-	s := &store{path: path, now: now, metrics: m, fleet: newFleet(), reports: newReportQueue()}
+	s := &store{path: path, now: now, metrics: m, fleet: newFleet(), reports: newReportQueue(), events: newEventHub(m)}
 	fail := func(err error) (*store, error) {
 		s.closePools()
 		return nil, fmt.Errorf("open database %s: %w", path, err)
@@ -360,6 +361,8 @@ type txn struct {
 	before   []keyedHook // run last, before COMMIT
 	after    []func()
 	audits   []string // actions of the audit rows written, for the metric
+
+	wroteRolloutEvents bool // for the event stream: read the new rows after the commit
 }
 
 type keyedHook struct {
@@ -448,6 +451,9 @@ func (t *txn) commit() error {
 	}
 	for _, f := range t.after {
 		f()
+	}
+	if len(t.audits) > 0 || t.wroteRolloutEvents {
+		t.s.publishEvents()
 	}
 	return nil
 }
