@@ -178,6 +178,8 @@ var metFamilies = map[string]string{
 	"nixfleet_db_commit_duration_seconds":          "histogram",
 	"nixfleet_report_group_commit_size":            "histogram",
 	"nixfleet_build_info":                          "gauge",
+	"nixfleet_event_streams":                       "gauge",
+	"nixfleet_event_streams_dropped_total":         "counter",
 }
 
 // TestMetricsStartup covers ACC-111 and §11's "from startup" rules on a
