@@ -50,17 +50,17 @@ func (c eventCursor) String() string {
 // parseEventCursor reads the text form of an eventCursor; name is the
 // parameter or header it came from, for the 400.
 func parseEventCursor(name, s string) (eventCursor, error) {
-	a, r, ok := strings.Cut(s, "-")
 	var c eventCursor
-	var errA, errR error
+	a, r, ok := strings.Cut(s, "-")
 	if ok && isDigits(a) && isDigits(r) {
+		var errA, errR error
 		c.audit, errA = strconv.ParseInt(a, 10, 64)
 		c.rollout, errR = strconv.ParseInt(r, 10, 64)
+		if errA == nil && errR == nil {
+			return c, nil
+		}
 	}
-	if !ok || !isDigits(a) || !isDigits(r) || errA != nil || errR != nil {
-		return c, invalidf("%s: must be an event id as sent by the stream (<number>-<number>)", name)
-	}
-	return c, nil
+	return eventCursor{}, invalidf("%s: must be an event id as sent by the stream (<number>-<number>)", name)
 }
 
 // Event kinds, the SSE event names.
@@ -340,7 +340,7 @@ func (s *eventStream) next(ctx context.Context, tick <-chan time.Time) (*streamE
 		}
 		ev := s.page[0]
 		s.page = s.page[1:]
-		if s.advance(ev) {
+		if s.filter.match(ev) && s.advance(ev) {
 			return &ev, nil
 		}
 	}

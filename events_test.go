@@ -571,3 +571,25 @@ func TestEventCursor(t *testing.T) {
 		}
 	}
 }
+
+// TestEventStreamMTLS: in mTLS mode the stream and the page need the
+// operator's certificate (the handshake fails without one) and the stream
+// also its key.
+func TestEventStreamMTLS(t *testing.T) {
+	ts := newTestServer(t, testServerOptions{mode: "mtls", bootstrapCNs: []string{"operator"}})
+	op := ts.client("operator")
+	op.Timeout = 0 // a stream has no overall deadline
+	key := bootstrapKey(t, op, ts.url)
+	expect(t, do(t, op, "GET", ts.url+"/ui/", "", nil), 200, "")
+	authExpect401(t, do(t, op, "GET", ts.url+"/api/v1/events", "", nil), "missing API key")
+	s := openStream(t, op, ts.url+"/api/v1/events", key, nil)
+	expect(t, do(t, op, "POST", ts.url+"/api/v1/machines/web-01/register", key, map[string]any{}), 201, "")
+	if m := s.next(t); m.event != "audit" || !strings.Contains(m.data, `"action":"register"`) {
+		t.Errorf("got %+v", m)
+	}
+	for _, p := range []string{"/ui/", "/api/v1/events"} {
+		if _, _, err := tryDo(ts.client(""), "GET", ts.url+p, key, nil); err == nil {
+			t.Errorf("%s without a client certificate: no error", p)
+		}
+	}
+}

@@ -453,7 +453,7 @@ func (t *txn) commit() error {
 		f()
 	}
 	if len(t.audits) > 0 || t.wroteRolloutEvents {
-		t.s.publishEvents()
+		t.s.publishEvents(len(t.audits) > 0, t.wroteRolloutEvents)
 	}
 	return nil
 }

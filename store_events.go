@@ -71,26 +71,28 @@ func (d dbq) rolloutEventsAfter(after, upTo int64, rollout string, limit int) ([
 }
 
 // publishEvents hands the rows committed since the hub's position to the
-// event hub. It runs from txn.commit, after COMMIT and under s.mu, so rows
+// event hub, reading only the kinds the transaction wrote. It runs from txn.commit, after COMMIT and under s.mu, so rows
 // are published exactly once and in commit order; it reads through the
 // writer connection, which is idle between transactions. With no open
 // stream it reads nothing: the hub forgets its position, and the next
 // subscriber finds it again (subscribeEvents).
-func (s *store) publishEvents() {
+func (s *store) publishEvents(wroteAudit, wroteRollout bool) {
 	h := s.events
 	from, ok := h.position()
 	if !ok {
 		return
 	}
 	d := dbq{context.Background(), s.conn}
-	var evs []streamEvent
-	audits, err := d.auditAfter(from.audit, maxEventID, "", maxEventRead)
-	if err == nil {
-		var rolls []eventDetail
-		rolls, err = d.rolloutEventsAfter(from.rollout, maxEventID, "", maxEventRead)
-		evs = mergeEvents(rolls, audits)
+	var audits []auditEvent
+	var rolls []eventDetail
+	var err error
+	if wroteAudit {
+		audits, err = d.auditAfter(from.audit, maxEventID, "", maxEventRead)
 	}
-	h.publish(evs, err)
+	if wroteRollout && err == nil {
+		rolls, err = d.rolloutEventsAfter(from.rollout, maxEventID, "", maxEventRead)
+	}
+	h.publish(mergeEvents(rolls, audits), err)
 }
 
 // subscribeEvents registers a subscriber with the event hub. When the hub

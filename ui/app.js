@@ -63,13 +63,15 @@
     render();
   }
 
-  // schedule coalesces refreshes: many events for one thing cause one fetch.
-  function schedule(what, fn) {
+  // schedule coalesces refreshes: the events for one thing within delay ms
+  // cause one fetch. The machine list waits longest: in a large fleet it is
+  // the most expensive read, and reports arrive all the time.
+  function schedule(what, fn, delay = 150) {
     if (state.timers.has(what)) return;
     state.timers.set(what, setTimeout(async () => {
       state.timers.delete(what);
       try { await fn(); render(); } catch (e) { failed(e); }
-    }, 150));
+    }, delay));
   }
 
   // --- the event stream ------------------------------------------------------
@@ -158,7 +160,7 @@
       schedule('r:' + rid, () => loadRollout(rid));
     }
     if (machineActions.has(a)) {
-      schedule('machines', loadMachines);
+      schedule('machines', loadMachines, 1000);
       // A report may change a machine's health in a running rollout: the
       // executor classifies it just after the report commits.
       for (const r of state.rollouts.values()) {
