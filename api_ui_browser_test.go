@@ -7,8 +7,9 @@ package main
 // the daemon's state without a reload.
 //
 // It needs Debian's chromium and chromium-driver (.ci/run installs them);
-// without them it is skipped. `go test -run TestStatusPageInChromium
-// -ui-screenshot docs/status-page.png` also writes the README's screenshot.
+// without them it is skipped. `go test -run TestStatusPageInChromium .
+// -ui-screenshot $PWD/docs/status-page.png` also writes the README's
+// screenshot (the path is relative to the package directory otherwise).
 
 import (
 	"bytes"

@@ -2,8 +2,9 @@
 // deployment.
 //
 // It serves one HTTP(S) listener: the agent routes (desired generation and
-// reports), the operator API (machines, releases, rollouts, audit, API keys),
-// /health and /metrics. All state lives in one SQLite database (--db-path,
+// reports), the operator API (machines, releases, rollouts, audit, API keys,
+// the event stream), the read-only status page at /ui/, /health and
+// /metrics. All state lives in one SQLite database (--db-path,
 // default /var/lib/nixfleet-cp/state.db); in-memory indexes are derived from it
 // at startup. Logs are slog text lines on stderr. Two background loops run
 // beside the server: the rollout executor and the retention job.
