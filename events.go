@@ -178,6 +178,7 @@ type eventHub struct {
 	m          *metrics
 	maxStreams int
 	bufSize    int
+	pageSize   int // rows per source and page when a stream catches up
 
 	mu     sync.Mutex
 	subs   map[*subscription]struct{}
@@ -187,7 +188,7 @@ type eventHub struct {
 }
 
 func newEventHub(m *metrics) *eventHub {
-	return &eventHub{m: m, maxStreams: defaultMaxEventStreams, bufSize: defaultEventBuffer,
+	return &eventHub{m: m, maxStreams: defaultMaxEventStreams, bufSize: defaultEventBuffer, pageSize: eventPage,
 		subs: map[*subscription]struct{}{}}
 }
 
@@ -383,15 +384,16 @@ func (s *eventStream) advance(ev streamEvent) bool {
 func (s *eventStream) readPage(ctx context.Context) error {
 	var rolls []eventDetail
 	var audits []auditEvent
+	page := s.hub.pageSize
 	err := s.cp.st.read(ctx, func(d dbq) error {
 		var err error
 		if s.filter.rollouts && s.cur.rollout < s.upTo.rollout {
-			if rolls, err = d.rolloutEventsAfter(s.cur.rollout, s.upTo.rollout, s.filter.rollout, eventPage); err != nil {
+			if rolls, err = d.rolloutEventsAfter(s.cur.rollout, s.upTo.rollout, s.filter.rollout, page); err != nil {
 				return err
 			}
 		}
 		if s.filter.audit && s.cur.audit < s.upTo.audit {
-			if audits, err = d.auditAfter(s.cur.audit, s.upTo.audit, s.filter.rollout, eventPage); err != nil {
+			if audits, err = d.auditAfter(s.cur.audit, s.upTo.audit, s.filter.rollout, page); err != nil {
 				return err
 			}
 		}
@@ -402,11 +404,11 @@ func (s *eventStream) readPage(ctx context.Context) error {
 	}
 	// A full page may stop before rows of the other source with a later
 	// timestamp: keep only what is certainly in order.
-	if len(rolls) == eventPage && len(audits) > 0 {
+	if len(rolls) == page && len(audits) > 0 {
 		last := rolls[len(rolls)-1].CreatedAt
 		audits = audits[:countWhile(audits, func(a auditEvent) bool { return a.Timestamp < last })]
 	}
-	if len(audits) == eventPage && len(rolls) > 0 {
+	if len(audits) == page && len(rolls) > 0 {
 		last := audits[len(audits)-1].Timestamp
 		rolls = rolls[:countWhile(rolls, func(r eventDetail) bool { return r.CreatedAt <= last })]
 	}

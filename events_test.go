@@ -593,3 +593,50 @@ func TestEventStreamMTLS(t *testing.T) {
 		}
 	}
 }
+
+// TestEventStreamCatchUpPages: a catch-up read in pages of two rows gives
+// exactly what one large page gives: every row once, each kind in id order,
+// the kinds interleaved by commit time.
+func TestEventStreamCatchUpPages(t *testing.T) {
+	e := rtNewExecEnv(t)
+	c := streamClient()
+	e.register("web-01", "web-02", "web-03")
+	rel := e.release(nil, "web-01", "web-02", "web-03")
+	for _, m := range []string{"web-01", "web-02", "web-03"} {
+		e.advance(time.Second)
+		rid := e.create(rtHostsRollout(rel, "all_at_once", m)).RolloutID
+		e.advance(time.Second)
+		e.pass()
+		e.advance(time.Second)
+		expect(t, e.action(rid, "cancel", nil), 200, "")
+	}
+	last := maxAuditID(t, e.c, e.url, e.admin)
+	isLast := func(m sseMsg) bool { return m.event == "audit" && msgRowID(t, m) == last }
+	whole := openStream(t, c, e.url+"/api/v1/events?last_event_id=0-0", e.admin, nil).until(t, isLast)
+	e.ts.st.events.pageSize = 2
+	paged := openStream(t, c, e.url+"/api/v1/events?last_event_id=0-0", e.admin, nil).until(t, isLast)
+	if !reflect.DeepEqual(whole, paged) {
+		t.Fatalf("pages of 2 differ from one page:\n%v\n%v", paged, whole)
+	}
+	checkContiguous(t, paged, eventCursor{})
+	var prev string
+	rollouts := 0
+	for _, m := range paged {
+		var v struct {
+			Timestamp string `json:"timestamp"`
+			CreatedAt string `json:"created_at"`
+		}
+		json.Unmarshal([]byte(m.data), &v)
+		ts := v.Timestamp + v.CreatedAt
+		if ts < prev {
+			t.Errorf("%s at %s after %s", m.id, ts, prev)
+		}
+		prev = ts
+		if m.event == "rollout" {
+			rollouts++
+		}
+	}
+	if rollouts != 9 { // per rollout: created, batch_started, cancelled
+		t.Errorf("%d rollout events, want 9", rollouts)
+	}
+}
