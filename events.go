@@ -299,6 +299,7 @@ type eventStream struct {
 	filter eventFilter
 	cur    eventCursor // the last ids delivered (or skipped by the filter)
 	upTo   eventCursor // the end of the catch-up: the hub's position at subscribe
+	size   int         // rows per source and page of the catch-up
 	page   []streamEvent
 	live   bool
 }
@@ -312,7 +313,8 @@ func (cp *controlPlane) openEventStream(ctx context.Context, f eventFilter, from
 	if err != nil {
 		return nil, err
 	}
-	s := &eventStream{cp: cp, hub: cp.st.events, sub: sub, filter: f, cur: pos, upTo: pos, live: true}
+	s := &eventStream{cp: cp, hub: cp.st.events, sub: sub, filter: f, cur: pos, upTo: pos, live: true,
+		size: cp.st.events.pageSize}
 	if from != nil {
 		s.cur, s.live = *from, false
 	}
@@ -384,7 +386,7 @@ func (s *eventStream) advance(ev streamEvent) bool {
 func (s *eventStream) readPage(ctx context.Context) error {
 	var rolls []eventDetail
 	var audits []auditEvent
-	page := s.hub.pageSize
+	page := s.size
 	err := s.cp.st.read(ctx, func(d dbq) error {
 		var err error
 		if s.filter.rollouts && s.cur.rollout < s.upTo.rollout {
