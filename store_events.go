@@ -71,9 +71,11 @@ func (d dbq) rolloutEventsAfter(after, upTo int64, rollout string, limit int) ([
 }
 
 // publishEvents hands the rows committed since the hub's position to the
-// event hub, reading only the kinds the transaction wrote. It runs from txn.commit, after COMMIT and under s.mu, so rows
-// are published exactly once and in commit order; it reads through the
-// writer connection, which is idle between transactions. With no open
+// event hub, reading only the kinds the transaction wrote. It runs from
+// txn.commit, after COMMIT and under s.mu, so rows are published exactly
+// once and in commit order; it reads through the writer connection, which
+// is idle between transactions. Rows another process committed (keys
+// create) go out with the next commit of this one. With no open
 // stream it reads nothing: the hub forgets its position, and the next
 // subscriber finds it again (subscribeEvents).
 func (s *store) publishEvents(wroteAudit, wroteRollout bool) {
@@ -98,14 +100,15 @@ func (s *store) publishEvents(wroteAudit, wroteRollout bool) {
 // subscribeEvents registers a subscriber with the event hub. When the hub
 // does not know its position (no stream was open at the last commit), it
 // reads the newest ids under the writer lock, so that no commit can fall
-// between that read and the subscription.
+// between that read and the subscription (a read transaction begun while
+// no write is in progress sees every commit).
 func (s *store) subscribeEvents(ctx context.Context, f eventFilter) (*subscription, eventCursor, error) {
 	if sub, pos, err := s.events.subscribe(f, nil); err != errEventPosition {
 		return sub, pos, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	heads, err := dbq{ctx, s.conn}.eventHeads()
+	heads, err := readValue(ctx, s, dbq.eventHeads)
 	if err != nil {
 		return nil, eventCursor{}, err
 	}
