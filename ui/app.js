@@ -363,10 +363,18 @@
     $('forget').hidden = false;
     stream();
     if (!state.poller) {
-      // Some changes are not events (a machine falling silent); refresh slowly too.
+      // Some changes are not events: a machine falling silent, or the
+      // executor classifying one machine of a batch (only the batch's verdict
+      // is an event). Refresh the running rollouts often and the rest slowly.
       state.poller = setInterval(() => {
         if (state.key) schedule('all', () => Promise.all([loadMachines(), loadRollouts()]));
       }, 30000);
+      setInterval(() => {
+        if (!state.key) return;
+        for (const r of state.rollouts.values()) {
+          if (r.status === 'running') schedule('r:' + r.id, () => loadRollout(r.id));
+        }
+      }, 5000);
     }
   }
 
