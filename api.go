@@ -34,6 +34,13 @@ type server struct {
 	mux      *http.ServeMux
 	patterns []string          // every route pattern, in the order of routes
 	access   map[string]access // by route pattern: who may call it
+
+	ui        bool          // serve the status page (--ui)
+	heartbeat time.Duration // event stream heartbeat (heartbeatInterval)
+
+	// testingOnlyEventWrite runs before each event a stream writes; nil in
+	// production. Tests block it to make one client fall behind.
+	testingOnlyEventWrite func(r *http.Request)
 }
 
 // access is who may call a route.
@@ -84,12 +91,15 @@ func (s *server) routes() {
 	s.handle("POST /api/v1/keys", adminRole, s.createKey)
 	s.handle("GET /api/v1/keys", adminRole, s.listKeys)
 	s.handle("DELETE /api/v1/keys/{id}", adminRole, s.revokeKey)
+	s.handle("GET /api/v1/events", anyRole, s.events)
+	s.handle("GET /ui", public, s.uiRedirect)
+	s.handle("GET /ui/", public, s.uiFile)
 }
 
 // newServer builds the HTTP layer over the control plane.
 func newServer(cp *controlPlane, m *metrics, log *slog.Logger, mode string, bootstrap bootstrapGuard) *server {
 	s := &server{cp: cp, m: m, log: log, mode: mode, guard: bootstrap,
-		mux: http.NewServeMux(), access: map[string]access{}}
+		mux: http.NewServeMux(), access: map[string]access{}, ui: true, heartbeat: heartbeatInterval}
 	s.routes()
 	return s
 }
@@ -312,6 +322,8 @@ func errorStatus(err error) (int, string) {
 		return http.StatusServiceUnavailable, errBusy.Error()
 	case errors.Is(err, errShuttingDown):
 		return http.StatusServiceUnavailable, errShuttingDown.Error()
+	case errors.Is(err, errTooManyStreams):
+		return http.StatusServiceUnavailable, errTooManyStreams.Error()
 	}
 	return http.StatusInternalServerError, "internal error"
 }

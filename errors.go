@@ -19,6 +19,9 @@ var (
 	errBusy         = errors.New("database is busy, retry later")         // 503: another process holds the write lock
 	errShuttingDown = errors.New("server is shutting down")               // 503: the report queue is closed
 
+	// errTooManyStreams: --max-event-streams event streams are open (503).
+	errTooManyStreams = errors.New("too many open event streams, retry later")
+
 	// errStale aborts a write whose snapshot is out of date: a rollout was
 	// changed by someone else between the read and the compare-and-swap. The
 	// executor re-reads the rollout on its next pass.

@@ -257,6 +257,7 @@ func newTestServer(t testing.TB, o testServerOptions) *testServer {
 	}
 	tsrv.url = tsrv.ts.URL
 	t.Cleanup(func() {
+		a.st.events.close() // open event streams would keep ts.Close waiting
 		tsrv.ts.Close()
 		if err := a.close(); err != nil {
 			t.Errorf("close app: %v", err)

@@ -2,8 +2,9 @@
 // deployment.
 //
 // It serves one HTTP(S) listener: the agent routes (desired generation and
-// reports), the operator API (machines, releases, rollouts, audit, API keys),
-// /health and /metrics. All state lives in one SQLite database (--db-path,
+// reports), the operator API (machines, releases, rollouts, audit, API keys,
+// the event stream), the read-only status page at /ui/, /health and
+// /metrics. All state lives in one SQLite database (--db-path,
 // default /var/lib/nixfleet-cp/state.db); in-memory indexes are derived from it
 // at startup. Logs are slog text lines on stderr. Two background loops run
 // beside the server: the rollout executor and the retention job.
@@ -98,6 +99,8 @@ const serveFlagsText = `Server flags (each also read from its environment variab
                                 longer is stale; 4m is three default 60 s agent polls plus a minute of slack
   --drift-grace DURATION        NIXFLEET_CP_DRIFT_GRACE (default 10m, 1m to 168h): a machine running another
                                 generation than its desired one for longer, outside a rollout, is drifted
+  --max-event-streams N         NIXFLEET_CP_MAX_EVENT_STREAMS: open GET /api/v1/events streams (default 100)
+  --ui BOOL                     NIXFLEET_CP_UI: serve the read-only status page at /ui/ (default true)
 `
 
 // commandHelp is the help of each subcommand (`help CMD`, `CMD --help`),
@@ -229,6 +232,8 @@ type serveConfig struct {
 	maxConnections     int
 	staleAfter         time.Duration
 	driftGrace         time.Duration
+	maxEventStreams    int
+	ui                 bool
 }
 
 const defaultDBPath = "/var/lib/nixfleet-cp/state.db"
@@ -246,7 +251,7 @@ type envFlag struct {
 // is a *usageError naming the flag or variable.
 func parseServeFlags(args []string, getenv func(string) string) (serveConfig, error) {
 	var cfg serveConfig
-	var interval, retention, bootstrapCNs, maxConns, staleAfter, driftGrace string
+	var interval, retention, bootstrapCNs, maxConns, staleAfter, driftGrace, maxStreams, ui string
 	flags := []envFlag{
 		{"listen", "NIXFLEET_CP_LISTEN", "0.0.0.0:8080", &cfg.listen},
 		{"db-path", "NIXFLEET_CP_DB_PATH", defaultDBPath, &cfg.dbPath},
@@ -261,6 +266,8 @@ func parseServeFlags(args []string, getenv func(string) string) (serveConfig, er
 		{"max-connections", "NIXFLEET_CP_MAX_CONNECTIONS", strconv.Itoa(defaultMaxConnections), &maxConns},
 		{"stale-after", "NIXFLEET_CP_STALE_AFTER", defaultStaleAfter.String(), &staleAfter},
 		{"drift-grace", "NIXFLEET_CP_DRIFT_GRACE", defaultDriftGrace.String(), &driftGrace},
+		{"max-event-streams", "NIXFLEET_CP_MAX_EVENT_STREAMS", strconv.Itoa(defaultMaxEventStreams), &maxStreams},
+		{"ui", "NIXFLEET_CP_UI", "true", &ui},
 	}
 	source, err := parseEnvFlags("serve", args, getenv, flags)
 	if err != nil {
@@ -312,6 +319,14 @@ func parseServeFlags(args []string, getenv func(string) string) (serveConfig, er
 	cfg.driftGrace, err = time.ParseDuration(driftGrace)
 	if err != nil || cfg.driftGrace < time.Minute || cfg.driftGrace > 7*24*time.Hour {
 		return cfg, usagef("invalid %s %q: want a Go duration from 1m to 168h", source["drift-grace"], driftGrace)
+	}
+	cfg.maxEventStreams, err = strconv.Atoi(maxStreams)
+	if err != nil || cfg.maxEventStreams < 1 {
+		return cfg, usagef("invalid %s %q: want a positive integer", source["max-event-streams"], maxStreams)
+	}
+	cfg.ui, err = strconv.ParseBool(ui)
+	if err != nil {
+		return cfg, usagef("invalid %s %q: want true or false", source["ui"], ui)
 	}
 	return cfg, nil
 }
@@ -549,6 +564,8 @@ type appConfig struct {
 	reportRetention time.Duration
 	staleAfter      time.Duration // 0: defaultStaleAfter
 	driftGrace      time.Duration // 0: defaultDriftGrace
+	maxEventStreams int           // 0: defaultMaxEventStreams
+	disableUI       bool          // --ui=false
 	now             func() time.Time
 	log             *slog.Logger
 }
@@ -601,6 +618,10 @@ func newApp(ctx context.Context, c appConfig) (*app, error) {
 	st.wakeExecutor = a.exec.wake
 	st.log = c.log
 	a.srv = newServer(cp, m, c.log, c.mode, bootstrapGuard{token: c.bootstrapToken, cns: c.bootstrapCNs})
+	a.srv.ui = !c.disableUI
+	if c.maxEventStreams > 0 {
+		st.events.maxStreams = c.maxEventStreams
+	}
 	a.ret = &retention{st: st, log: c.log, period: c.reportRetention}
 	a.goLoop(func() { st.runReportWriter(c.log) })
 	return a, nil
@@ -630,6 +651,7 @@ func (a *app) startLoops(executorInterval time.Duration) {
 // the first's result.
 func (a *app) close() error {
 	a.closeOnce.Do(func() {
+		a.st.events.close()
 		a.stopLoops()
 		a.st.stopReports()
 		a.loops.Wait()
@@ -687,7 +709,7 @@ func serve(ctx context.Context, cfg serveConfig, stderr io.Writer, hooks *serveH
 	defer unlock()
 	a, err := newApp(ctx, appConfig{dbPath: cfg.dbPath, mode: mode, bootstrapToken: bootstrapToken,
 		bootstrapCNs: cfg.bootstrapCNs, reportRetention: cfg.reportRetention, staleAfter: cfg.staleAfter,
-		driftGrace: cfg.driftGrace, now: now, log: log})
+		driftGrace: cfg.driftGrace, now: now, log: log, maxEventStreams: cfg.maxEventStreams, disableUI: !cfg.ui})
 	if err != nil {
 		return err
 	}
@@ -700,6 +722,9 @@ func serve(ctx context.Context, cfg serveConfig, stderr io.Writer, hooks *serveH
 	}
 	httpServer := newHTTPServer(a.srv.handler(), log)
 	httpServer.ConnState = limited.idle.track
+	// Shutdown waits for handlers to return, and an event stream only
+	// returns when told to.
+	httpServer.RegisterOnShutdown(a.st.events.close)
 	a.startLoops(cfg.executorInterval)
 
 	switch mode {

@@ -33,6 +33,9 @@ type metrics struct {
 	rolloutsBy      [6]atomic.Int64 // per rollout status, in the order of rolloutStatuses
 	dbBusy          atomic.Uint64
 
+	eventStreams        atomic.Int64  // open GET /api/v1/events streams
+	eventStreamsDropped atomic.Uint64 // streams ended because the client fell behind
+
 	fleet *fleet           // set by newApp
 	now   func() time.Time // set by newApp: the stale and drifted gauges are as of the scrape
 }
@@ -288,6 +291,11 @@ func (m *metrics) writeTo(out io.Writer) error {
 
 	e.header("nixfleet_db_commit_duration_seconds", "histogram", "Duration of write-transaction commits.")
 	e.histogram("nixfleet_db_commit_duration_seconds", nil, nil, commitBuckets, m.commitDuration.snapshot())
+
+	e.header("nixfleet_event_streams", "gauge", "Open event streams (GET /api/v1/events).")
+	e.sample("nixfleet_event_streams", nil, nil, float64(m.eventStreams.Load()))
+	e.header("nixfleet_event_streams_dropped_total", "counter", "Event streams ended because the client fell behind and its buffer filled.")
+	e.sample("nixfleet_event_streams_dropped_total", nil, nil, float64(m.eventStreamsDropped.Load()))
 
 	e.header("nixfleet_executor_errors_total", "counter", "Rollout executor steps that failed with an error.")
 	e.sample("nixfleet_executor_errors_total", nil, nil, float64(m.executorErrors.Load()))

@@ -183,6 +183,8 @@ var metFamilies = map[string]string{
 	"nixfleet_machines_drifted":                    "gauge",
 	"nixfleet_rollouts_by_status":                  "gauge",
 	"nixfleet_db_busy_total":                       "counter",
+	"nixfleet_event_streams":                       "gauge",
+	"nixfleet_event_streams_dropped_total":         "counter",
 }
 
 // TestMetricsStartup covers ACC-111 and §11's "from startup" rules on a

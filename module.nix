@@ -73,6 +73,9 @@ let
       "--stale-after" cfg.staleAfter
       "--drift-grace" cfg.driftGrace
     ]
+    # Passed only when they differ from the daemon's defaults, so existing command lines stay as they were.
+    ++ lib.optionals (!cfg.statusPage) [ "--ui" "false" ]
+    ++ lib.optionals (cfg.maxEventStreams != null) [ "--max-event-streams" (toString cfg.maxEventStreams) ]
     ++ lib.concatMap (c: [ c.flag "%d/${c.id}" ]) credentials
     ++ cfg.extraArgs;
 in
@@ -198,6 +201,26 @@ in
         File holding a one-time secret of at least 16 bytes (`--bootstrap-token-file`). When set,
         `POST /api/v1/keys/bootstrap` also requires the header `X-Bootstrap-Token`. Read by systemd with
         `LoadCredential`, so it may be readable by root only.
+      '';
+    };
+
+    statusPage = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Whether to serve the read-only status page at `/ui/` (`--ui`). The page is static and embedded in the
+        binary; it asks for an API key and reads the JSON API and the event stream with it. When false, `/ui/`
+        answers 404.
+      '';
+    };
+
+    maxEventStreams = mkOption {
+      type = types.nullOr types.ints.positive;
+      default = null;
+      example = 500;
+      description = ''
+        The most event streams (`GET /api/v1/events`, also used by the status page) open at once
+        (`--max-event-streams`); one more is refused with 503. Null keeps the daemon's default, 100.
       '';
     };
 

@@ -86,6 +86,8 @@ func TestModuleOptions(t *testing.T) {
 		"persist":            {"boolean", `true`},
 		"persistPath":        {"string", `"/persist"`},
 		"prometheusRules":    {"boolean", `false`},
+		"statusPage":         {"boolean", `true`},
+		"maxEventStreams":    {"null or (positive integer, meaning >0)", `null`},
 	}
 	var names, wantNames []string
 	for name := range ev.Options {
@@ -223,6 +225,8 @@ type moduleFlags struct {
 	bootstrapCNs                              []string
 	maxConnections                            int
 	staleAfter, driftGrace                    time.Duration
+	maxEventStreams                           int
+	ui                                        bool
 }
 
 func moduleFlagsOf(c serveConfig) moduleFlags {
@@ -233,8 +237,8 @@ func moduleFlagsOf(c serveConfig) moduleFlags {
 var defaultModuleFlags = moduleFlags{
 	listen: "0.0.0.0:8080", dbPath: "/var/lib/nixfleet-cp/state.db",
 	executorInterval: 2 * time.Second, reportRetention: 168 * time.Hour, logLevel: "info",
-	maxConnections: defaultMaxConnections,
-	staleAfter:     defaultStaleAfter, driftGrace: defaultDriftGrace,
+	maxConnections: defaultMaxConnections, maxEventStreams: defaultMaxEventStreams, ui: true,
+	staleAfter: defaultStaleAfter, driftGrace: defaultDriftGrace,
 }
 
 // execStartCases are the configurations whose command line is checked word for word, and then parsed by the
@@ -284,6 +288,15 @@ var execStartCases = []struct {
 		argv: strings.Fields(moduleDefaultArgs + " --bootstrap-token-file %d/bootstrap-token"),
 		flags: func(f moduleFlags) moduleFlags {
 			f.bootstrapTokenFile = "%d/bootstrap-token"
+			return f
+		},
+	},
+	{
+		name: "status page off, more event streams",
+		cfg:  `{ enable = true; statusPage = false; maxEventStreams = 500; }`,
+		argv: strings.Fields(moduleDefaultArgs + " --ui false --max-event-streams 500"),
+		flags: func(f moduleFlags) moduleFlags {
+			f.ui, f.maxEventStreams = false, 500
 			return f
 		},
 	},

@@ -101,10 +101,6 @@ func readmeMatch(line, want string) bool {
 //   - 127.0.0.1:8080 and 127.0.0.1:8443 are rewritten to free loopback ports
 //     in the steps and the expected output, so the test never collides with
 //     anything listening on the machine.
-//   - TODO(events): the ```sh events step watches GET /api/v1/events, which
-//     another change adds. Until that route is in the route block, the step
-//     still runs (its curl gets a 404) but its expected output is not
-//     checked. Remove this tolerance once the route is merged.
 //
 // It skips only when bash or curl is missing; openssl is required (.ci/run
 // installs it).
@@ -156,7 +152,6 @@ func TestREADMEWalkthrough(t *testing.T) {
 	}
 	out := readmeRun(t, dir, scriptPath)
 
-	eventsRouted := slices.Contains(newTestServer(t, testServerOptions{}).srv.patterns, "GET /api/v1/events")
 	for i, s := range steps {
 		_, after, found := strings.Cut(out, fmt.Sprintf("\n@@step %d@@\n", i))
 		if !found {
@@ -164,10 +159,6 @@ func TestREADMEWalkthrough(t *testing.T) {
 		}
 		got, _, _ := strings.Cut(after, "\n@@step ")
 		got, _, _ = strings.Cut(got, "\n@@end@@\n")
-		if s.tag == "events" && !eventsRouted {
-			t.Logf("README.md:%d: GET /api/v1/events is not routed yet: output not checked (TODO(events))", s.line)
-			continue
-		}
 		lines := strings.Split(got, "\n")
 		for _, want := range s.expect {
 			want = ports.Replace(want)

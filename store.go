@@ -39,7 +39,9 @@ var auditChainSQL string
 //     a random leaf of it; retention finds a machine's newest health report
 //     through the report index instead.
 //  3. migration_3_audit_chain.sql: prev_hash and hash on audit_event.
-var migrations = []string{schemaSQL, `DROP INDEX health_report_machine_received;`, auditChainSQL}
+//  4. migration_4_rollout_event_ids.sql: rollout_event ids never reused
+//     (AUTOINCREMENT), so an event stream can resume after any id.
+var migrations = []string{schemaSQL, `DROP INDEX health_report_machine_received;`, auditChainSQL, migrationRolloutEventIDs}
 
 // store owns the database. Writes go through one connection and are
 // serialised by mu, which is held from BEGIN IMMEDIATE until the derived
@@ -58,6 +60,7 @@ type store struct {
 	metrics *metrics
 	fleet   *fleet
 	reports *reportQueue
+	events  *eventHub // the event stream's fan-out, fed after each commit
 	stmts   writerStmts
 	// lastReportID is the highest report id; the writer assigns the next ones.
 	lastReportID int64
@@ -135,7 +138,7 @@ func openStore(ctx context.Context, path string, now func() time.Time, m *metric
 	base := "file:" + (&url.URL{Path: path}).EscapedPath()
 	pragmas := "_busy_timeout=5000&_foreign_keys=1&_journal_mode=WAL&_synchronous=FULL"
 	s := &store{path: path, now: now, metrics: m, fleet: newFleet(), reports: newReportQueue(),
-		log: slog.New(slog.DiscardHandler)}
+		log: slog.New(slog.DiscardHandler), events: newEventHub(m)}
 	fail := func(err error) (*store, error) {
 		s.closePools()
 		return nil, fmt.Errorf("open database %s: %w", path, err)
@@ -392,6 +395,8 @@ type txn struct {
 	before     []keyedHook // run last, before COMMIT
 	after      []func()
 	audits     []string // actions of the audit rows written, for the metric
+
+	wroteRolloutEvents bool // for the event stream: read the new rows after the commit
 }
 
 type keyedHook struct {
@@ -475,6 +480,9 @@ func (t *txn) commit() error {
 	}
 	for _, f := range t.after {
 		f()
+	}
+	if len(t.audits) > 0 || t.wroteRolloutEvents {
+		t.s.publishEvents(len(t.audits) > 0, t.wroteRolloutEvents)
 	}
 	return nil
 }

@@ -86,20 +86,26 @@ func (d dbq) auditPage(f auditFilter, before int64, limit int) ([]auditEvent, er
 	if before > 0 {
 		add("id < ?", before)
 	}
-	q := "SELECT id, timestamp, actor, action, target, detail, prev_hash, hash FROM audit_event"
+	q := "SELECT " + auditColumns + " FROM audit_event"
 	if len(where) > 0 {
 		q += " WHERE " + strings.Join(where, " AND ")
 	}
 	q += " ORDER BY id DESC LIMIT ?"
 	args = append(args, limit)
-	return queryAll(d, "query audit", func(row scanner) (auditEvent, error) {
-		var ev auditEvent
-		var ts int64
-		var detail, prev, hash sql.NullString
-		err := row.Scan(&ev.ID, &ts, &ev.Actor, &ev.Action, &ev.Target, &detail, &prev, &hash)
-		ev.Timestamp, ev.Detail, ev.PrevHash, ev.Hash = fmtTime(ts), nullStr(detail), nullStr(prev), nullStr(hash)
-		return ev, err
-	}, q, args...)
+	return queryAll(d, "query audit", scanAuditEvent, q, args...)
+}
+
+// auditColumns are the columns scanAuditEvent reads, in its order.
+const auditColumns = "id, timestamp, actor, action, target, detail, prev_hash, hash"
+
+// scanAuditEvent reads one row of auditColumns.
+func scanAuditEvent(row scanner) (auditEvent, error) {
+	var ev auditEvent
+	var ts int64
+	var detail, prev, hash sql.NullString
+	err := row.Scan(&ev.ID, &ts, &ev.Actor, &ev.Action, &ev.Target, &detail, &prev, &hash)
+	ev.Timestamp, ev.Detail, ev.PrevHash, ev.Hash = fmtTime(ts), nullStr(detail), nullStr(prev), nullStr(hash)
+	return ev, err
 }
 
 // walkAuditDB opens the database at path read-only and calls fn for every

@@ -304,6 +304,7 @@ func (t *txn) insertRolloutEvent(rid, eventType, actor, detail string) error {
 		VALUES (?, ?, ?, ?, ?)`, rid, eventType, detail, actor, t.now); err != nil {
 		return fmt.Errorf("record rollout event: %w", err)
 	}
+	t.wroteRolloutEvents = true
 	return nil
 }
 
