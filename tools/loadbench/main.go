@@ -373,8 +373,10 @@ func (b *bench) logFile(name string) string {
 func (b *bench) daemonArgs(dbPath, listen, mode string) []string {
 	args := []string{"--db-path", dbPath, "--listen", listen, "--log-level", "info"}
 	if mode == modeMTLS {
+		// The operator certificate bootstraps the first key (mTLS without a
+		// token file: only an allowed CN may).
 		args = append(args, "--tls-cert", b.pki.serverCertFile, "--tls-key", b.pki.serverKeyFile,
-			"--client-ca", b.pki.caFile)
+			"--client-ca", b.pki.caFile, "--bootstrap-cn", operatorCN)
 	}
 	return args
 }
