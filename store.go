@@ -392,6 +392,7 @@ type txn struct {
 	machines map[string]*machineRec
 	// reportRows are the report rows queued for the multi-row statements.
 	reportRows *reportRows
+	chain      *chainHead  // the audit chain's head, once read (insertAudit)
 	before     []keyedHook // run last, before COMMIT
 	after      []func()
 	audits     []string // actions of the audit rows written, for the metric

@@ -24,25 +24,42 @@ import (
 // here, as AUTOINCREMENT would (above both the largest id and the largest id
 // ever used), because it is part of the hashed encoding.
 func (t *txn) insertAudit(actor, action, target string, detail *string) error {
-	var maxID, maxSeq sql.NullInt64
-	var prev sql.NullString
-	if err := t.queryRow(`SELECT (SELECT max(id) FROM audit_event),
-		(SELECT seq FROM sqlite_sequence WHERE name = 'audit_event'),
-		(SELECT hash FROM audit_event WHERE hash IS NOT NULL ORDER BY id DESC LIMIT 1)`).Scan(&maxID, &maxSeq, &prev); err != nil {
-		return fmt.Errorf("record audit %s: read chain head: %w", action, err)
+	if t.chain == nil {
+		var maxID, maxSeq sql.NullInt64
+		var prev sql.NullString
+		if err := t.s.stmts.auditHead.QueryRowContext(t.ctx).Scan(&maxID, &maxSeq, &prev); err != nil {
+			return fmt.Errorf("record audit %s: read chain head: %w", action, err)
+		}
+		t.chain = &chainHead{id: max(maxID.Int64, maxSeq.Int64), hash: auditGenesis}
+		if prev.Valid {
+			t.chain.hash = prev.String
+		}
 	}
-	r := chainRow{id: max(maxID.Int64, maxSeq.Int64) + 1, timestamp: t.now, actor: actor, action: action, target: target, detail: detail}
-	prevHash := auditGenesis
-	if prev.Valid {
-		prevHash = prev.String
-	}
-	hash := auditHash(prevHash, r)
-	if _, err := t.exec(`INSERT INTO audit_event (id, timestamp, actor, action, target, detail, prev_hash, hash)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, r.id, r.timestamp, actor, action, target, detail, prevHash, hash); err != nil {
+	r := chainRow{id: t.chain.id + 1, timestamp: t.now, actor: actor, action: action, target: target, detail: detail}
+	hash := auditHash(t.chain.hash, r)
+	if _, err := t.s.stmts.insertAudit.ExecContext(t.ctx, r.id, r.timestamp, actor, action, target, detail, t.chain.hash, hash); err != nil {
 		return fmt.Errorf("record audit %s: %w", action, err)
 	}
+	t.chain.id, t.chain.hash = r.id, hash
 	return nil
 }
+
+// chainHead is the newest audit row a transaction has seen or written: the
+// head is read once per transaction (nothing else writes while it holds the
+// write lock) and then follows the rows it inserts.
+type chainHead struct {
+	id   int64
+	hash string
+}
+
+// The statements of insertAudit, prepared once on the writer connection.
+const (
+	auditHeadQuery = `SELECT (SELECT max(id) FROM audit_event),
+		(SELECT seq FROM sqlite_sequence WHERE name = 'audit_event'),
+		(SELECT hash FROM audit_event WHERE hash IS NOT NULL ORDER BY id DESC LIMIT 1)`
+	auditInsertQuery = `INSERT INTO audit_event (id, timestamp, actor, action, target, detail, prev_hash, hash)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`
+)
 
 // auditHead returns the newest chained row, or seq 0 with the genesis hash
 // when no row is chained yet.

@@ -144,18 +144,32 @@ func (s *store) applyGroup(batch []*reportJob, results []error, log *slog.Logger
 // (the multi-row statements of the report path are in store.rowStmts).
 type writerStmts struct {
 	insertMachine *sql.Stmt
+	auditHead     *sql.Stmt
+	insertAudit   *sql.Stmt
 }
 
 func (w *writerStmts) all() []*sql.Stmt {
-	return []*sql.Stmt{w.insertMachine}
+	return []*sql.Stmt{w.insertMachine, w.auditHead, w.insertAudit}
 }
 
 func (s *store) prepare(ctx context.Context) error {
-	st, err := s.conn.PrepareContext(ctx, "INSERT INTO machine (machine_id, lifecycle, registered_at) VALUES (?, ?, ?)")
+	var err error
+	prep := func(q string) *sql.Stmt {
+		if err != nil {
+			return nil
+		}
+		var st *sql.Stmt
+		st, err = s.conn.PrepareContext(ctx, q)
+		return st
+	}
+	s.stmts = writerStmts{
+		insertMachine: prep("INSERT INTO machine (machine_id, lifecycle, registered_at) VALUES (?, ?, ?)"),
+		auditHead:     prep(auditHeadQuery),
+		insertAudit:   prep(auditInsertQuery),
+	}
 	if err != nil {
 		return fmt.Errorf("prepare statements: %w", err)
 	}
-	s.stmts = writerStmts{insertMachine: st}
 	if s.lastReportID, err = (dbq{ctx, s.conn}).maxReportID(); err != nil {
 		return err
 	}
