@@ -152,7 +152,6 @@ func claimRollout(tx *txn, r *rolloutRow) error {
 	}
 	r.Version++
 	r.claimedIn = tx
-	rolloutChanged(tx, r.ID)
 	return nil
 }
 
@@ -169,6 +168,7 @@ func applyRollout(tx *txn, r *rolloutRow, on trigger, actor string, auditDetail 
 	if err := claimRollout(tx, r); err != nil {
 		return err
 	}
+	rolloutChanged(tx, r.ID)
 	from, to := r.Status, rolloutStatus(t.to)
 	if to == rolloutDeleted {
 		if err := tx.deleteRollout(r.ID); err != nil {
@@ -225,6 +225,7 @@ func applyBatch(tx *txn, r *rolloutRow, b *batchRow, on trigger, c batchChange) 
 	if err := claimRollout(tx, r); err != nil {
 		return err
 	}
+	rolloutChanged(tx, r.ID)
 	now := tx.now
 	nb := *b
 	nb.Status = batchStatus(t.to)
@@ -289,7 +290,9 @@ func logUnhealthy(tx *txn, rid string, batch int, machine, reason string) {
 
 // rolloutChanged schedules, once per rollout and transaction, the refresh of
 // the rollout's derived state: computed just before the commit (so it sees
-// every change of the transaction) and published after it.
+// every change of the transaction) and published after it. That state
+// depends only on rollout and batch statuses, so applyRollout and applyBatch
+// call it; a write of machine health alone does not.
 func rolloutChanged(tx *txn, rid string) {
 	tx.beforeCommit("rollout "+rid, func() error {
 		hint, watching, err := tx.membership(rid)
