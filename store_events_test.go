@@ -1,6 +1,6 @@
 package main
 
-// Tests of the event stream's storage (store_events.go): migration 2 and
+// Tests of the event stream's storage (store_events.go): migration 4 and
 // rollout event ids that only grow.
 
 import (
