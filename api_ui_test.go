@@ -5,6 +5,7 @@ package main
 // The page itself runs in Chromium in api_ui_browser_test.go.
 
 import (
+	"bytes"
 	"io/fs"
 	"net/http"
 	"regexp"
@@ -82,6 +83,14 @@ func TestStatusPageStatic(t *testing.T) {
 	html, _ := uiFiles.ReadFile("ui/index.html")
 	js, _ := uiFiles.ReadFile("ui/app.js")
 	css, _ := uiFiles.ReadFile("ui/style.css")
+	// The page lists the server's lifecycle states, in order (§7.1).
+	var quoted []string
+	for _, lc := range lifecycles {
+		quoted = append(quoted, "'"+string(lc)+"'")
+	}
+	if want := "const LIFECYCLES = [" + strings.Join(quoted, ", ") + "];"; !bytes.Contains(js, []byte(want)) {
+		t.Errorf("app.js does not declare %s", want)
+	}
 	for _, re := range []string{`<script(?:\s[^>]*)?>\s*[^<\s]`, `\sstyle=`, `\son[a-z]+=`, `<style`, `https?://`, `//[a-z0-9.-]+\.[a-z]{2,}/`} {
 		if regexp.MustCompile(`(?i)` + re).Match(html) {
 			t.Errorf("index.html matches %s", re)

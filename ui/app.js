@@ -6,7 +6,7 @@
 
 (() => {
   const KEY = 'nixfleet.apiKey';
-  const LIFECYCLES = ['pending', 'active', 'maintenance', 'decommissioned', 'retired'];
+  const LIFECYCLES = ['pending', 'provisioning', 'active', 'maintenance', 'decommissioned'];
   const STATES = ['ok', 'error', 'unknown'];
   const ROLLOUTS = 20; // rollouts shown, newest first
   const SEGMENTS = 120; // at most this many segments per batch bar
@@ -194,7 +194,7 @@
     const byL = {}, byS = {};
     for (const m of state.machines) {
       byL[m.lifecycle] = (byL[m.lifecycle] || 0) + 1;
-      if (m.lifecycle !== 'decommissioned' && m.lifecycle !== 'retired') byS[m.system_state] = (byS[m.system_state] || 0) + 1;
+      if (m.lifecycle !== 'decommissioned') byS[m.system_state] = (byS[m.system_state] || 0) + 1;
     }
     const extra = (keys, counts) => keys.concat(Object.keys(counts).filter((k) => !keys.includes(k)).sort());
     countTable($('by-lifecycle'), extra(LIFECYCLES, byL), byL);
@@ -211,13 +211,14 @@
       rows.get(id).push([reason, where]);
     };
     for (const m of state.machines) {
-      if (m.lifecycle === 'decommissioned' || m.lifecycle === 'retired') continue;
+      if (m.lifecycle === 'decommissioned') continue;
       if (m.attention) add(m.machine_id, m.attention, m.lifecycle);
       else {
+        // A server without the attention field (older versions).
         if (m.stale) add(m.machine_id, 'stale: no report for ' + duration(m.seconds_since_last_report), m.lifecycle);
         if (m.drifted) add(m.machine_id, 'drifted: running generation is not the desired one', m.lifecycle);
+        if (m.system_state === 'error') add(m.machine_id, 'last report failed', m.lifecycle);
       }
-      if (m.system_state === 'error') add(m.machine_id, 'last report failed', m.lifecycle);
     }
     for (const r of state.rollouts.values()) {
       if (r.status === 'completed' || r.status === 'cancelled') continue;
