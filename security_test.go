@@ -380,7 +380,7 @@ func TestReviewMaxConnections(t *testing.T) {
 	}
 	defer third.Close()
 	fmt.Fprint(third, busy)
-	time.Sleep(200 * time.Millisecond) // let the server read the headers (not a timing assertion)
+	time.Sleep(time.Second) // let the server read the headers (not a timing assertion)
 	slow := &http.Client{Timeout: 300 * time.Millisecond, Transport: &http.Transport{DisableKeepAlives: true}}
 	if _, err := slow.Get(rs.url + "/health"); err == nil {
 		t.Fatal("a connection was served beyond --max-connections 3 while all were busy")
