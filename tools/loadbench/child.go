@@ -171,6 +171,28 @@ func (c *child) memory() (peak, current int64, err error) {
 	return field("VmHWM"), field("VmRSS"), nil
 }
 
+// cpuTime returns the CPU time (user + system) the child has used, read
+// from /proc/<pid>/stat (fields 14 and 15, in clock ticks of 1/100 s, the
+// value of USER_HZ on Linux).
+func (c *child) cpuTime() (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", c.cmd.Process.Pid))
+	if err != nil {
+		return 0, fmt.Errorf("read CPU time of %s: %w", c.name, err)
+	}
+	// The command name (field 2) is in parentheses and may hold spaces.
+	_, rest, ok := strings.Cut(string(b), ") ")
+	f := strings.Fields(rest)
+	if !ok || len(f) < 13 {
+		return 0, fmt.Errorf("read CPU time of %s: unexpected /proc stat line", c.name)
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("read CPU time of %s: unexpected /proc stat line", c.name)
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
+}
+
 // expectedWarnings are startup warnings of the daemon that the benchmark
 // causes on purpose (plain mode, an empty key table); they are not problems.
 var expectedWarnings = []string{

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -127,6 +128,7 @@ type target struct {
 func (b *bench) compare(ctx context.Context, name string, servers []target, ids [][]string,
 	mk func(id string) request, note func() string) (float64, error) {
 	lats := make([]*latencies, len(servers))
+	cpu := make([]time.Duration, len(servers)) // each server process's CPU time while measured
 	half := b.cfg.duration / 2
 	b.logf("  %s: %v per server in halves (ceiling, real, real, ceiling), %d clients, warm-up %v",
 		name, 2*half, len(ids), b.cfg.warmup)
@@ -140,6 +142,10 @@ func (b *bench) compare(ctx context.Context, name string, servers []target, ids 
 				}
 			}
 		}
+		before, err := s.proc.cpuTime()
+		if err != nil {
+			return 0, err
+		}
 		lat, err := closedLoop(ctx, s.ac, ids, half, mk)
 		if err != nil {
 			return 0, err
@@ -147,16 +153,28 @@ func (b *bench) compare(ctx context.Context, name string, servers []target, ids 
 		if err := s.proc.alive(); err != nil {
 			return 0, err
 		}
+		after, err := s.proc.cpuTime()
+		if err != nil {
+			return 0, err
+		}
+		cpu[i] += after - before
 		lats[i].merge(lat)
 	}
 	var rates []float64
 	for i, s := range servers {
 		sum := lats[i].summarize(2 * half)
 		r := row{scenario: name, server: s.name, s: sum}
+		// The server's own CPU per answered request: what the ratio comes
+		// down to when the machine's CPUs are the bound.
+		var cpuNote string
+		if sum.n > 0 {
+			cpuNote = fmt.Sprintf("server CPU %.0f µs per request", float64(cpu[i].Microseconds())/float64(sum.n))
+		}
+		r.notes = cpuNote
 		if i > 0 && rates[0] > 0 {
 			r.ratio = sum.rps / rates[0]
 			if note != nil {
-				r.notes = note()
+				r.notes = strings.TrimPrefix(cpuNote+", "+note(), ", ")
 			}
 		}
 		if sum.errors > 0 {
