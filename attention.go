@@ -118,6 +118,16 @@ func (p attentionPolicy) condition(m *machineRec, now int64, inRollout bool) con
 	return c
 }
 
+// conditions returns an evaluator of the attention rules at now for many
+// machines, reading the rollout membership once (conditionOf does one).
+func (f *fleet) conditions(now int64) func(*machineRec) condition {
+	busy := f.rolloutMembers()
+	return func(m *machineRec) condition {
+		_, in := busy[m.ID]
+		return f.policy.condition(m, now, in)
+	}
+}
+
 // failureMessage is what a machine record keeps of a report: the message,
 // cut to 200 bytes, when the report failed.
 func failureMessage(success bool, message string) string {

@@ -106,11 +106,7 @@ type machineFilter struct {
 func (cp *controlPlane) listMachines(f machineFilter) []machineStatus {
 	fl := cp.st.fleet
 	now := cp.st.now().UnixMilli()
-	busy := fl.rolloutMembers()
-	cond := func(m *machineRec) condition {
-		_, in := busy[m.ID]
-		return fl.policy.condition(m, now, in)
-	}
+	cond := fl.conditions(now)
 	ms := fl.list(func(m *machineRec) bool {
 		if !m.hasTags(f.tags) || len(f.lifecycles) > 0 && !slices.Contains(f.lifecycles, m.Lifecycle) {
 			return false
@@ -128,10 +124,11 @@ func (cp *controlPlane) listMachines(f machineFilter) []machineStatus {
 	return out
 }
 
-// conditionOf evaluates one machine's attention rules now.
+// conditionOf evaluates one machine's attention rules now; pollHint is
+// whether it is in an unfinished batch of a running rollout.
 func (cp *controlPlane) conditionOf(m *machineRec) condition {
-	_, in := cp.st.fleet.rolloutMembers()[m.ID]
-	return cp.st.fleet.policy.condition(m, cp.st.now().UnixMilli(), in)
+	fl := cp.st.fleet
+	return fl.policy.condition(m, cp.st.now().UnixMilli(), fl.pollHint(m.ID))
 }
 
 // getMachine returns the status of one machine, whatever its lifecycle, from

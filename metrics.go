@@ -344,12 +344,9 @@ func (m *metrics) writeTo(out io.Writer) error {
 	}
 
 	var stale, drifted int
-	now := m.now().UnixMilli()
-	busy := m.fleet.rolloutMembers()
-	policy := m.fleet.policy
+	cond := m.fleet.conditions(m.now().UnixMilli())
 	m.fleet.each(func(r *machineRec) {
-		_, in := busy[r.ID]
-		c := policy.condition(r, now, in)
+		c := cond(r)
 		if c.stale {
 			stale++
 		}
