@@ -280,13 +280,11 @@ func parseServeFlags(args []string, getenv func(string) string) (serveConfig, er
 	if cfg.dbPath == "" {
 		return cfg, usagef("%s must not be empty", source["db-path"])
 	}
-	cfg.executorInterval, err = time.ParseDuration(interval)
-	if err != nil || cfg.executorInterval < 100*time.Millisecond || cfg.executorInterval > time.Minute {
-		return cfg, usagef("invalid %s %q: want a Go duration from 100ms to 1m", source["executor-interval"], interval)
+	if cfg.executorInterval, err = durationFlag(source["executor-interval"], interval, 100*time.Millisecond, time.Minute, "from 100ms to 1m"); err != nil {
+		return cfg, err
 	}
-	cfg.reportRetention, err = time.ParseDuration(retention)
-	if err != nil || cfg.reportRetention < time.Hour {
-		return cfg, usagef("invalid %s %q: want a Go duration of at least 1h", source["report-retention"], retention)
+	if cfg.reportRetention, err = durationFlag(source["report-retention"], retention, time.Hour, 0, "of at least 1h"); err != nil {
+		return cfg, err
 	}
 	if _, ok := logLevels[cfg.logLevel]; !ok {
 		return cfg, usagef("invalid %s %q: want debug, info, warn or error", source["log-level"], cfg.logLevel)
@@ -305,24 +303,20 @@ func parseServeFlags(args []string, getenv func(string) string) (serveConfig, er
 	if len(cfg.bootstrapCNs) > 0 && cfg.clientCA == "" {
 		return cfg, usagef("%s requires --client-ca: only a verified client certificate has a CN", source["bootstrap-cn"])
 	}
-	cfg.maxConnections, err = strconv.Atoi(maxConns)
-	if err != nil || cfg.maxConnections < 1 {
-		return cfg, usagef("invalid %s %q: want a positive integer", source["max-connections"], maxConns)
+	if cfg.maxConnections, err = positiveIntFlag(source["max-connections"], maxConns); err != nil {
+		return cfg, err
 	}
 	// Below a minute, a machine whose agent keeps the default 60 s poll
 	// would flap between stale and not; a day is the most that still means
 	// "went quiet" rather than "gone".
-	cfg.staleAfter, err = time.ParseDuration(staleAfter)
-	if err != nil || cfg.staleAfter < time.Minute || cfg.staleAfter > 24*time.Hour {
-		return cfg, usagef("invalid %s %q: want a Go duration from 1m to 24h", source["stale-after"], staleAfter)
+	if cfg.staleAfter, err = durationFlag(source["stale-after"], staleAfter, time.Minute, 24*time.Hour, "from 1m to 24h"); err != nil {
+		return cfg, err
 	}
-	cfg.driftGrace, err = time.ParseDuration(driftGrace)
-	if err != nil || cfg.driftGrace < time.Minute || cfg.driftGrace > 7*24*time.Hour {
-		return cfg, usagef("invalid %s %q: want a Go duration from 1m to 168h", source["drift-grace"], driftGrace)
+	if cfg.driftGrace, err = durationFlag(source["drift-grace"], driftGrace, time.Minute, 7*24*time.Hour, "from 1m to 168h"); err != nil {
+		return cfg, err
 	}
-	cfg.maxEventStreams, err = strconv.Atoi(maxStreams)
-	if err != nil || cfg.maxEventStreams < 1 {
-		return cfg, usagef("invalid %s %q: want a positive integer", source["max-event-streams"], maxStreams)
+	if cfg.maxEventStreams, err = positiveIntFlag(source["max-event-streams"], maxStreams); err != nil {
+		return cfg, err
 	}
 	cfg.ui, err = strconv.ParseBool(ui)
 	if err != nil {
@@ -363,6 +357,25 @@ func parseEnvFlags(cmd string, args []string, getenv func(string) string, flags 
 		}
 	}
 	return source, nil
+}
+
+// durationFlag parses the value v of flag name as a Go duration from lo to
+// hi (hi 0: no upper bound); want words the range for the usage error.
+func durationFlag(name, v string, lo, hi time.Duration, want string) (time.Duration, error) {
+	d, err := time.ParseDuration(v)
+	if err != nil || d < lo || hi > 0 && d > hi {
+		return 0, usagef("invalid %s %q: want a Go duration %s", name, v, want)
+	}
+	return d, nil
+}
+
+// positiveIntFlag parses the value v of flag name as an integer of at least 1.
+func positiveIntFlag(name, v string) (int, error) {
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		return 0, usagef("invalid %s %q: want a positive integer", name, v)
+	}
+	return n, nil
 }
 
 var logLevels = map[string]slog.Level{
