@@ -217,13 +217,13 @@ func (t *txn) writeReportRows(rows *reportRows) error {
 			machines = append(machines, r)
 		}
 	}
-	if err := t.insertRows(reportInsert, rows.reports); err != nil {
+	if err := t.execRows(reportInsert, rows.reports); err != nil {
 		return fmt.Errorf("insert reports: %w", err)
 	}
-	if err := t.insertRows(healthInsert, health); err != nil {
+	if err := t.execRows(healthInsert, health); err != nil {
 		return fmt.Errorf("insert health reports: %w", err)
 	}
-	if err := t.insertRows(machineUpdate, machines); err != nil {
+	if err := t.execRows(machineUpdate, machines); err != nil {
 		return fmt.Errorf("update machines: %w", err)
 	}
 	last := rows.reports[len(rows.reports)-1].id
@@ -272,9 +272,9 @@ var (
 	}
 )
 
-// insertRows runs st over rows, in chunks of at most rowChunk rows. The
+// execRows runs st over rows, in chunks of at most rowChunk rows. The
 // statement for each chunk size is prepared once on the writer connection.
-func (t *txn) insertRows(st *rowStatement, rows []reportRow) error {
+func (t *txn) execRows(st *rowStatement, rows []reportRow) error {
 	args := make([]any, 0, min(len(rows), rowChunk)*st.width)
 	for len(rows) > 0 {
 		n := min(len(rows), rowChunk)
