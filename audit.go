@@ -132,11 +132,15 @@ func (cp *controlPlane) exportAudit(ctx context.Context, f auditFilter, asJSON b
 	}
 }
 
+// csvFormulaChars are the first characters that csvField guards with a
+// quote (and that audit verify may have to strip again).
+const csvFormulaChars = "=+-@\t\r"
+
 // csvField escapes one CSV field (§10.4): a leading =, +, -, @, TAB or CR gets
 // a single quote so spreadsheets do not evaluate it as a formula; then a field
 // holding a comma, quote, LF or CR is quoted with inner quotes doubled.
 func csvField(v string) string {
-	if v != "" && strings.ContainsRune("=+-@\t\r", rune(v[0])) {
+	if v != "" && strings.ContainsRune(csvFormulaChars, rune(v[0])) {
 		v = "'" + v
 	}
 	if strings.ContainsAny(v, ",\"\n\r") {

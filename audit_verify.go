@@ -242,7 +242,7 @@ func parseCSVExport(b []byte) ([]chainRow, error) {
 // none does or the row has no hash).
 func resolveCSVRow(row chainRow, actor, action, target, detail string) chainRow {
 	readings := func(v string) []string {
-		if len(v) >= 2 && v[0] == '\'' && strings.ContainsRune("=+-@\t\r", rune(v[1])) {
+		if len(v) >= 2 && v[0] == '\'' && strings.ContainsRune(csvFormulaChars, rune(v[1])) {
 			return []string{v[1:], v}
 		}
 		return []string{v}
